@@ -1,0 +1,338 @@
+//! Checks a NAR while it streams: `FileHash`/`FileSize` of the bytes as
+//! transferred, `NarHash`/`NarSize` of the decompressed NAR.
+//!
+//! The last chunk is held back until every check has passed, so a consumer
+//! never sees a complete body that turns out to be wrong: it sees an error
+//! instead, and aborts (a client's transfer, a storage write).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use async_compression::tokio::write::{BrotliDecoder, BzDecoder, XzDecoder, ZstdDecoder};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::hash::HashingCounter;
+use crate::{ByteStream, Error, NarInfo, NixHash, Result};
+
+/// What a NAR file must match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NarCheck {
+    /// `Compression:` of the file.
+    pub compression: String,
+    /// `FileHash:`, if known.
+    pub file_hash: Option<NixHash>,
+    /// `FileSize:`, if known.
+    pub file_size: Option<u64>,
+    /// `NarHash:`
+    pub nar_hash: NixHash,
+    /// `NarSize:`
+    pub nar_size: u64,
+}
+
+impl NarCheck {
+    /// The checks a narinfo promises.
+    pub fn from_narinfo(info: &NarInfo) -> Self {
+        NarCheck {
+            compression: info.compression.clone(),
+            file_hash: info.file_hash,
+            file_size: info.file_size,
+            nar_hash: info.nar_hash,
+            nar_size: info.nar_size,
+        }
+    }
+}
+
+/// Whether NARs with this `Compression:` can be checked (and so served) here.
+pub fn is_supported_compression(compression: &str) -> bool {
+    matches!(compression, "none" | "xz" | "zstd" | "bzip2" | "br")
+}
+
+/// The file name extension Nix gives NARs with this `Compression:`.
+pub fn compression_extension(compression: &str) -> Option<&'static str> {
+    Some(match compression {
+        "none" => "",
+        "xz" => ".xz",
+        "zstd" => ".zst",
+        "bzip2" => ".bz2",
+        "br" => ".br",
+        "lz4" => ".lz4",
+        "lzip" => ".lzip",
+        _ => return None,
+    })
+}
+
+/// Hashes and counts decompressed NAR bytes, refusing more than the NAR's size.
+struct NarSink {
+    counter: Arc<Mutex<HashingCounter>>,
+    limit: u64,
+}
+
+impl AsyncWrite for NarSink {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut counter = self.counter.lock().unwrap_or_else(PoisonError::into_inner);
+        if counter.len() + buf.len() as u64 > self.limit {
+            return Poll::Ready(Err(invalid(format!(
+                "NAR is larger than its NarSize {}",
+                self.limit
+            ))));
+        }
+        counter.update(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+type Decoder = Pin<Box<dyn AsyncWrite + Send>>;
+
+fn decoder(compression: &str, sink: NarSink) -> Result<Decoder> {
+    Ok(match compression {
+        "none" => Box::pin(sink),
+        "xz" => Box::pin(XzDecoder::new(sink)),
+        "zstd" => Box::pin(ZstdDecoder::new(sink)),
+        "bzip2" => Box::pin(BzDecoder::new(sink)),
+        "br" => Box::pin(BrotliDecoder::new(sink)),
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "NARs with Compression: {other} cannot be checked here"
+            )));
+        }
+    })
+}
+
+struct State {
+    input: ByteStream,
+    check: NarCheck,
+    file: HashingCounter,
+    nar: Arc<Mutex<HashingCounter>>,
+    decoder: Decoder,
+    held: Option<Bytes>,
+    finished: bool,
+}
+
+impl State {
+    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            match self.input.next().await {
+                Some(Ok(chunk)) => {
+                    if let Err(e) = self.take(&chunk).await {
+                        return self.fail(e);
+                    }
+                    if let Some(out) = self.held.replace(chunk) {
+                        return Some(Ok(out));
+                    }
+                }
+                Some(Err(e)) => return self.fail(e),
+                None => {
+                    self.finished = true;
+                    return match self.finish().await {
+                        Ok(()) => self.held.take().map(Ok),
+                        Err(e) => Some(Err(e)),
+                    };
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> Option<io::Result<Bytes>> {
+        self.finished = true;
+        Some(Err(e))
+    }
+
+    async fn take(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.file.update(chunk);
+        if let Some(size) = self.check.file_size
+            && self.file.len() > size
+        {
+            return Err(invalid(format!("NAR file is larger than its FileSize {size}")));
+        }
+        self.decoder.write_all(chunk).await
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        self.decoder
+            .shutdown()
+            .await
+            .map_err(|e| invalid(format!("NAR does not decompress as {}: {e}", self.check.compression)))?;
+        let (file_hash, file_size) = std::mem::take(&mut self.file).finish();
+        if let Some(size) = self.check.file_size
+            && size != file_size
+        {
+            return Err(invalid(format!("NAR file has {file_size} bytes, FileSize says {size}")));
+        }
+        if let Some(hash) = self.check.file_hash
+            && hash != file_hash
+        {
+            return Err(invalid(format!("NAR file hashes to {file_hash}, FileHash says {hash}")));
+        }
+        let nar = std::mem::take(&mut *self.nar.lock().unwrap_or_else(PoisonError::into_inner));
+        let (nar_hash, nar_size) = nar.finish();
+        if nar_size != self.check.nar_size {
+            return Err(invalid(format!(
+                "NAR has {nar_size} bytes, NarSize says {}",
+                self.check.nar_size
+            )));
+        }
+        if nar_hash != self.check.nar_hash {
+            return Err(invalid(format!(
+                "NAR hashes to {nar_hash}, NarHash says {}",
+                self.check.nar_hash
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Wraps `input` so that it yields the same bytes, but ends with an error
+/// instead of its last chunk if any check of `check` fails.
+pub fn verified(input: ByteStream, check: NarCheck) -> Result<ByteStream> {
+    let nar = Arc::new(Mutex::new(HashingCounter::default()));
+    let decoder = decoder(
+        &check.compression,
+        NarSink {
+            counter: nar.clone(),
+            limit: check.nar_size,
+        },
+    )?;
+    let state = State {
+        input,
+        check,
+        file: HashingCounter::default(),
+        nar,
+        decoder,
+        held: None,
+        finished: false,
+    };
+    Ok(Box::pin(futures::stream::unfold(state, |mut state| async move {
+        state.next().await.map(|item| (item, state))
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_compression::tokio::bufread::XzEncoder;
+    use tokio::io::AsyncReadExt;
+
+    fn chunks(data: &[u8]) -> ByteStream {
+        let parts: Vec<io::Result<Bytes>> = data
+            .chunks(1000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Box::pin(futures::stream::iter(parts))
+    }
+
+    async fn collect(stream: ByteStream) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut stream = stream;
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    fn nar_bytes() -> Vec<u8> {
+        (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect()
+    }
+
+    async fn xz(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        XzEncoder::new(data).read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    fn check(compression: &str, file: &[u8], nar: &[u8]) -> NarCheck {
+        NarCheck {
+            compression: compression.into(),
+            file_hash: Some(NixHash::digest(file)),
+            file_size: Some(file.len() as u64),
+            nar_hash: NixHash::digest(nar),
+            nar_size: nar.len() as u64,
+        }
+    }
+
+    #[tokio::test]
+    async fn passes_good_bytes_through() {
+        let nar = nar_bytes();
+        let file = xz(&nar).await;
+        let out = collect(verified(chunks(&file), check("xz", &file, &nar)).unwrap()).await;
+        assert_eq!(out.unwrap(), file);
+        let out = collect(verified(chunks(&nar), check("none", &nar, &nar)).unwrap()).await;
+        assert_eq!(out.unwrap(), nar);
+    }
+
+    #[tokio::test]
+    async fn fails_before_the_last_chunk_on_a_flipped_byte() {
+        let nar = nar_bytes();
+        let mut bad = nar.clone();
+        bad[20_000] ^= 1;
+        let mut stream = verified(chunks(&bad), check("none", &nar, &nar)).unwrap();
+        let mut received = 0;
+        let mut failed = false;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(c) => received += c.len(),
+                Err(e) => {
+                    failed = true;
+                    assert!(e.to_string().contains("FileHash"), "{e}");
+                }
+            }
+        }
+        assert!(failed);
+        assert!(received < nar.len());
+    }
+
+    #[tokio::test]
+    async fn checks_nar_hash_when_file_hash_is_unknown() {
+        let nar = nar_bytes();
+        let mut bad = nar.clone();
+        bad[7] ^= 1;
+        let mut c = check("none", &nar, &nar);
+        c.file_hash = None;
+        c.file_size = None;
+        let e = collect(verified(chunks(&bad), c).unwrap()).await.unwrap_err();
+        assert!(e.to_string().contains("NarHash"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn fails_on_truncated_and_oversized_bodies() {
+        let nar = nar_bytes();
+        let file = xz(&nar).await;
+        let e = collect(verified(chunks(&file[..file.len() / 2]), check("xz", &file, &nar)).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let mut c = check("none", &nar, &nar);
+        c.file_size = None;
+        c.file_hash = None;
+        let mut longer = nar.clone();
+        longer.push(0);
+        let e = collect(verified(chunks(&longer), c).unwrap()).await.unwrap_err();
+        assert!(e.to_string().contains("larger"), "{e}");
+    }
+
+    #[test]
+    fn refuses_compressions_it_cannot_check() {
+        let nar = nar_bytes();
+        assert!(verified(chunks(&nar), check("lz4", &nar, &nar)).is_err());
+        assert!(!is_supported_compression("lzip"));
+        assert_eq!(compression_extension("zstd"), Some(".zst"));
+    }
+}

@@ -1,0 +1,130 @@
+//! Builds the cache engine and its backends from the serve options.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ncps_core::upstream::{Upstream, UpstreamOptions, bind_keys};
+use ncps_core::{Cache, CacheOptions, Error, Lock, MetadataDb, Result, SigningKey, Storage};
+
+use crate::options::{DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_KEY, ServeOptions};
+use crate::service::AppState;
+
+/// The data directory used when `--cache-storage-local` is not given.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("ncps");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/ncps"),
+        None => PathBuf::from("ncps-data"),
+    }
+}
+
+/// The machine's hostname, the default `--cache-hostname`.
+fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ncps".to_owned())
+}
+
+fn invalid(option: &str, message: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("{option}: {message}"))
+}
+
+fn open_storage(dir: &Path) -> Result<Arc<dyn Storage>> {
+    #[cfg(feature = "local-storage")]
+    {
+        let storage = ncps_store::LocalStorage::new(dir)
+            .map_err(|e| invalid("--cache-storage-local", e))?;
+        Ok(Arc::new(storage))
+    }
+    #[cfg(not(feature = "local-storage"))]
+    {
+        Err(invalid("--cache-storage-local", format!("{}: built without local storage", dir.display())))
+    }
+}
+
+fn open_lock() -> Result<Arc<dyn Lock>> {
+    #[cfg(feature = "local-lock")]
+    {
+        Ok(Arc::new(ncps_lock::LocalLock::new()))
+    }
+    #[cfg(not(feature = "local-lock"))]
+    {
+        Err(Error::InvalidInput("built without local locks".into()))
+    }
+}
+
+async fn open_db(url: &str) -> Result<Arc<dyn MetadataDb>> {
+    if url.starts_with("sqlite:") {
+        #[cfg(feature = "sqlite")]
+        {
+            let url = url.to_owned();
+            let db = tokio::task::spawn_blocking(move || ncps_db::SqliteDb::open_url(&url))
+                .await
+                .map_err(|e| Error::backend("opening the database", e))?
+                .map_err(|e| invalid("--cache-database-url", e))?;
+            return Ok(Arc::new(db));
+        }
+    }
+    Err(invalid(
+        "--cache-database-url",
+        format!("{url:?} is not supported by this build (use sqlite:/path/db.sqlite)"),
+    ))
+}
+
+/// Builds the engine and the state the routes see. Any invalid option is an
+/// [`Error::InvalidInput`] naming it.
+pub async fn build(options: &ServeOptions) -> Result<AppState> {
+    let hostname = options.cache_hostname.clone().unwrap_or_else(machine_hostname);
+    if hostname.is_empty() || hostname.contains([':', ' ', '/']) {
+        return Err(invalid("--cache-hostname", format!("{hostname:?} is not a host name")));
+    }
+    let data_dir = options.cache_storage_local.clone().unwrap_or_else(default_data_dir);
+    let database_url = options
+        .cache_database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("db/db.sqlite").display()));
+
+    let (urls, keys) = if options.cache_upstream_urls.is_empty() {
+        (vec![DEFAULT_UPSTREAM.to_owned()], vec![DEFAULT_UPSTREAM_KEY.to_owned()])
+    } else {
+        (options.cache_upstream_urls.clone(), options.cache_upstream_public_keys.clone())
+    };
+    let upstream_options = UpstreamOptions {
+        dial_timeout: options.cache_upstream_dialer_timeout,
+        response_header_timeout: options.cache_upstream_response_header_timeout,
+        ..UpstreamOptions::default()
+    };
+    let configs = bind_keys(&urls, &keys).map_err(|e| invalid("--cache-upstream-public-key", e))?;
+    let mut upstreams = Vec::new();
+    for config in configs {
+        let mut upstream = Upstream::new(config.clone(), upstream_options.clone())
+            .map_err(|e| invalid("--cache-upstream-url", e))?;
+        upstream.discover_priority(&config).await;
+        tracing::info!(url = %upstream.url(), priority = upstream.priority(), keys = ?upstream.public_keys(), "upstream");
+        upstreams.push(upstream);
+    }
+
+    let storage = open_storage(&data_dir)?;
+    let lock = open_lock()?;
+    let db = open_db(&database_url).await?;
+    let signing_key = match &options.cache_secret_key_path {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| invalid("--cache-secret-key-path", format!("{}: {e}", path.display())))?
+            .parse::<SigningKey>()
+            .map_err(|e| invalid("--cache-secret-key-path", e))?,
+        None => Cache::signing_key_from_db(db.as_ref(), &hostname).await?,
+    };
+    let cache_options = CacheOptions {
+        sign_narinfo: options.cache_sign_narinfo,
+        download_lock_ttl: options.cache_lock_download_ttl,
+        ..CacheOptions::default()
+    };
+    let cache = Cache::new(storage, lock, db, upstreams, signing_key, cache_options);
+    tracing::info!(public_key = %cache.public_key(), data_dir = %data_dir.display(), "cache ready");
+    Ok(AppState { cache, hostname })
+}

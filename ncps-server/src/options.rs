@@ -1,0 +1,155 @@
+//! The command line, with ncps's option names, environment variables and defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// cache.nixos.org, the upstream used when none is configured.
+pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
+/// cache.nixos.org's public key.
+pub const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+/// `ncps-server [serve] [OPTIONS]`
+#[derive(Debug, Parser)]
+#[command(
+    name = "ncps-server",
+    version,
+    about = "A Nix binary cache proxy",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Options valid before and after `serve`.
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    /// `serve`, which is also what runs without a subcommand.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Serve options given without the `serve` subcommand.
+    #[command(flatten)]
+    pub serve: ServeOptions,
+}
+
+impl Cli {
+    /// The serve options, wherever on the command line they were given.
+    pub fn serve_options(self) -> (GlobalOptions, ServeOptions) {
+        match self.command {
+            Some(Command::Serve(options)) => (self.global, options),
+            None => (self.global, self.serve),
+        }
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the cache (the default).
+    Serve(ServeOptions),
+}
+
+/// Options of every subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalOptions {
+    /// A config file (YAML, TOML or JSON) with ncps's keys; flags and environment win over it.
+    #[arg(long, env = "NCPS_CONFIG_FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log level or tracing filter (error, warn, info, debug, trace).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+/// Options of `serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeOptions {
+    /// Address to listen on; `:8501` means every interface.
+    #[arg(long, env = "SERVER_ADDR", default_value = ":8501")]
+    pub server_addr: String,
+
+    /// The cache's name; its generated signing key is named `<hostname>-1`.
+    #[arg(long, env = "CACHE_HOSTNAME")]
+    pub cache_hostname: Option<String>,
+
+    /// Directory to keep NARs (and by default the SQLite database) in.
+    #[arg(long, env = "CACHE_STORAGE_LOCAL")]
+    pub cache_storage_local: Option<PathBuf>,
+
+    /// Metadata database: `sqlite:/path/db.sqlite`.
+    #[arg(long, env = "CACHE_DATABASE_URL")]
+    pub cache_database_url: Option<String>,
+
+    /// An upstream cache URL (repeatable); `?priority=N` sets its priority,
+    /// `?public-key=name:base64` binds a key to it.
+    #[arg(long = "cache-upstream-url", env = "CACHE_UPSTREAM_URLS", value_delimiter = ',')]
+    pub cache_upstream_urls: Vec<String>,
+
+    /// An upstream public key `name:base64` (repeatable): with one upstream
+    /// all keys are its; with several, the n-th key is the n-th upstream's.
+    #[arg(long = "cache-upstream-public-key", env = "CACHE_UPSTREAM_PUBLIC_KEYS", value_delimiter = ',')]
+    pub cache_upstream_public_keys: Vec<String>,
+
+    /// How long connecting to an upstream may take.
+    #[arg(long, env = "CACHE_UPSTREAM_DIALER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub cache_upstream_dialer_timeout: Duration,
+
+    /// How long an upstream may take to send response headers.
+    #[arg(long, env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub cache_upstream_response_header_timeout: Duration,
+
+    /// The cache's secret key file (from `nix-store --generate-binary-cache-key`);
+    /// without it a key is generated at first start and kept in the database.
+    #[arg(long, env = "CACHE_SECRET_KEY_PATH")]
+    pub cache_secret_key_path: Option<PathBuf>,
+
+    /// Whether served narinfos carry the cache's signature.
+    #[arg(long, env = "CACHE_SIGN_NARINFO", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_sign_narinfo: bool,
+
+    /// How long one instance may hold a download lock.
+    #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub cache_lock_download_ttl: Duration,
+}
+
+/// Parses Go-style durations such as `3s`, `5m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 3s, 5m or 1h: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_is_optional() {
+        let plain = Cli::try_parse_from(["ncps-server", "--server-addr", "127.0.0.1:1"]).unwrap();
+        let (_, options) = plain.serve_options();
+        assert_eq!(options.server_addr, "127.0.0.1:1");
+        let sub = Cli::try_parse_from([
+            "ncps-server",
+            "--log-level",
+            "debug",
+            "serve",
+            "--server-addr",
+            "127.0.0.1:2",
+            "--cache-sign-narinfo=false",
+        ])
+        .unwrap();
+        let (global, options) = sub.serve_options();
+        assert_eq!(options.server_addr, "127.0.0.1:2");
+        assert_eq!(global.log_level, "debug");
+        assert!(!options.cache_sign_narinfo);
+    }
+
+    #[test]
+    fn durations_are_go_style() {
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let e = Cli::try_parse_from(["ncps-server", "--cache-upstream-dialer-timeout", "x"]).unwrap_err();
+        assert!(e.to_string().contains("--cache-upstream-dialer-timeout"), "{e}");
+    }
+}

@@ -1,0 +1,222 @@
+//! `LocalStorage`: objects as files under a root directory.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use ncps_core::{ByteStream, Error, Result, Storage, StoredObject};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::ReaderStream;
+
+/// Name of the directory under the root where `put` writes before renaming.
+const TMP_DIR: &str = ".tmp";
+
+/// Buffer size of the streams `get` returns.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Distinguishes temporary files written by one process.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Storage in a local directory: the object under `nar/x.nar.xz` is the file
+/// `<root>/nar/x.nar.xz`.
+///
+/// `put` writes to a temporary file under `<root>/.tmp`, syncs it, and renames
+/// it into place, so readers see either the old object or the whole new one.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl LocalStorage {
+    /// Storage under `root`, creating the directory (and its `.tmp`
+    /// subdirectory) if needed.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let tmp = root.join(TMP_DIR);
+        std::fs::create_dir_all(&tmp).map_err(|e| {
+            Error::backend(format!("creating storage directory {}", tmp.display()), e)
+        })?;
+        Ok(LocalStorage { root, tmp })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file for `key`, after checking that `key` stays under the root.
+    fn path_for(&self, key: &str) -> Result<PathBuf> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    /// A fresh path for a temporary file.
+    fn tmp_path(&self) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let r: u64 = rand::random();
+        self.tmp
+            .join(format!("{}-{n}-{r:016x}.part", std::process::id()))
+    }
+}
+
+/// Rejects keys that are empty, absolute, contain `.`, `..` or empty
+/// components, backslashes or NUL, or point into the temporary directory.
+fn validate_key(key: &str) -> Result<()> {
+    let reject = |why: &str| Err(Error::InvalidInput(format!("storage key {key:?}: {why}")));
+    if key.is_empty() {
+        return reject("empty");
+    }
+    if key.starts_with('/') {
+        return reject("absolute");
+    }
+    if key.contains('\\') {
+        return reject("contains a backslash");
+    }
+    if key.contains('\0') {
+        return reject("contains NUL");
+    }
+    for (i, component) in key.split('/').enumerate() {
+        match component {
+            "" => return reject("empty path component"),
+            "." | ".." => return reject("contains a `.` or `..` component"),
+            TMP_DIR if i == 0 => return reject("reserved prefix"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether an open or stat error means "no object there".
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// A temporary file removed on drop unless persisted, so a failed or
+/// cancelled `put` leaves nothing behind.
+struct TempFile {
+    path: PathBuf,
+    persisted: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.persisted
+            && let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "removing a temporary file failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64> {
+        let path = self.path_for(key)?;
+        let mut tmp = TempFile {
+            path: self.tmp_path(),
+            persisted: false,
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp.path)
+            .await
+            .map_err(|e| {
+                Error::backend(format!("creating temporary file {}", tmp.path.display()), e)
+            })?;
+
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::backend(format!("reading body of {key}"), e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::backend(format!("writing {key}"), e))?;
+            written += chunk.len() as u64;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::backend(format!("writing {key}"), e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| Error::backend(format!("syncing {key}"), e))?;
+        drop(file);
+
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| Error::backend(format!("creating directory for {key}"), e))?;
+        }
+        tokio::fs::rename(&tmp.path, &path)
+            .await
+            .map_err(|e| Error::backend(format!("renaming {key} into place"), e))?;
+        tmp.persisted = true;
+        Ok(written)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<StoredObject>> {
+        let path = self.path_for(key)?;
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(Error::backend(format!("opening {key}"), e)),
+        };
+        let metadata = file
+            .metadata()
+            .await
+            .map_err(|e| Error::backend(format!("reading metadata of {key}"), e))?;
+        if !metadata.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(StoredObject {
+            size: metadata.len(),
+            body: Box::pin(ReaderStream::with_capacity(file, READ_BUFFER)),
+        }))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>> {
+        let path = self.path_for(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(metadata) if metadata.is_file() => Ok(Some(metadata.len())),
+            Ok(_) => Ok(None),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(Error::backend(format!("reading metadata of {key}"), e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        if self.head(key).await?.is_none() {
+            return Ok(false);
+        }
+        let path = self.path_for(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_missing(&e) => Ok(false),
+            Err(e) => Err(Error::backend(format!("deleting {key}"), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_key;
+
+    #[test]
+    fn accepts_ordinary_keys() {
+        for key in [
+            "nar/abc.nar.xz",
+            "abc.narinfo",
+            "a/b/c",
+            "nar/.hidden",
+            "x.tmp",
+        ] {
+            assert!(validate_key(key).is_ok(), "{key:?} rejected");
+        }
+    }
+}
