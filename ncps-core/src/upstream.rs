@@ -288,11 +288,7 @@ impl Upstream {
 /// bind to the only upstream when there is one, or one by one in order when
 /// there are as many keys as upstreams; anything else is refused, since a key
 /// must never be matched to an upstream by guessing.
-pub fn bind_keys(urls: &[String], plain_keys: &[String]) -> Result<Vec<UpstreamConfig>> {
-    let mut configs = urls
-        .iter()
-        .map(|u| UpstreamConfig::parse(u))
-        .collect::<Result<Vec<_>>>()?;
+pub fn bind_keys(mut configs: Vec<UpstreamConfig>, plain_keys: &[String]) -> Result<Vec<UpstreamConfig>> {
     let keys = plain_keys
         .iter()
         .map(|k| k.parse::<PublicKey>())
@@ -339,13 +335,13 @@ mod tests {
 
     #[test]
     fn binds_keys_to_upstreams_without_guessing() {
-        let urls = vec!["http://a".to_string(), "http://b".to_string()];
+        let urls = vec![UpstreamConfig::parse("http://a").unwrap(), UpstreamConfig::parse("http://b").unwrap()];
         let other = "b-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg=".to_string();
-        let configs = bind_keys(&urls, &[KEY.into(), other.clone()]).unwrap();
+        let configs = bind_keys(urls.clone(), &[KEY.into(), other.clone()]).unwrap();
         assert_eq!(configs[0].public_keys[0].name(), "cache.nixos.org-1");
         assert_eq!(configs[1].public_keys[0].name(), "b-1");
-        assert!(bind_keys(&urls, &[KEY.into()]).is_err());
-        let one = bind_keys(&urls[..1], &[KEY.into(), other]).unwrap();
+        assert!(bind_keys(urls.clone(), &[KEY.into()]).is_err());
+        let one = bind_keys(urls[..1].to_vec(), &[KEY.into(), other]).unwrap();
         assert_eq!(one[0].public_keys.len(), 2);
     }
 

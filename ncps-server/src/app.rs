@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ncps_core::upstream::{Upstream, UpstreamOptions, bind_keys};
+use ncps_core::upstream::{Upstream, UpstreamConfig, UpstreamOptions, bind_keys};
 use ncps_core::{Cache, CacheOptions, Error, Lock, MetadataDb, Result, SigningKey, Storage};
 
 use crate::options::{DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_KEY, ServeOptions};
@@ -30,8 +30,11 @@ fn machine_hostname() -> String {
         .unwrap_or_else(|| "ncps".to_owned())
 }
 
-fn invalid(option: &str, message: impl std::fmt::Display) -> Error {
-    Error::InvalidInput(format!("{option}: {message}"))
+/// An invalid-option error naming the option, without repeating "invalid input".
+fn invalid(option: &str, cause: impl std::fmt::Display) -> Error {
+    let cause = cause.to_string();
+    let cause = cause.strip_prefix("invalid input: ").unwrap_or(&cause);
+    Error::InvalidInput(format!("{option}: {cause}"))
 }
 
 fn open_storage(dir: &Path) -> Result<Arc<dyn Storage>> {
@@ -99,7 +102,12 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
         response_header_timeout: options.cache_upstream_response_header_timeout,
         ..UpstreamOptions::default()
     };
-    let configs = bind_keys(&urls, &keys).map_err(|e| invalid("--cache-upstream-public-key", e))?;
+    let configs = urls
+        .iter()
+        .map(|u| UpstreamConfig::parse(u))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| invalid("--cache-upstream-url", e))?;
+    let configs = bind_keys(configs, &keys).map_err(|e| invalid("--cache-upstream-public-key", e))?;
     let mut upstreams = Vec::new();
     for config in configs {
         let mut upstream = Upstream::new(config.clone(), upstream_options.clone())
