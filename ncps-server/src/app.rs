@@ -108,14 +108,21 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
         .collect::<Result<Vec<_>>>()
         .map_err(|e| invalid("--cache-upstream-url", e))?;
     let configs = bind_keys(configs, &keys).map_err(|e| invalid("--cache-upstream-public-key", e))?;
-    let mut upstreams = Vec::new();
-    for config in configs {
-        let mut upstream = Upstream::new(config.clone(), upstream_options.clone())
-            .map_err(|e| invalid("--cache-upstream-url", e))?;
+    let upstreams = configs
+        .into_iter()
+        .map(|config| {
+            let upstream = Upstream::new(config.clone(), upstream_options.clone())
+                .map_err(|e| invalid("--cache-upstream-url", e))?;
+            Ok((upstream, config))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Ask every upstream for its priority at once, so a dead one delays the start by one timeout at most.
+    let upstreams = futures::future::join_all(upstreams.into_iter().map(|(mut upstream, config)| async move {
         upstream.discover_priority(&config).await;
         tracing::info!(url = %upstream.url(), priority = upstream.priority(), keys = ?upstream.public_keys(), "upstream");
-        upstreams.push(upstream);
-    }
+        upstream
+    }))
+    .await;
 
     let storage = open_storage(&data_dir)?;
     let lock = open_lock()?;

@@ -1,0 +1,354 @@
+//! The cache engine against real HTTP upstreams served in-process, with
+//! real backends (local storage, local locks, SQLite). Needs no outside service.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ncps_core::nar_file::NarFile;
+use ncps_core::upstream::{Upstream, UpstreamConfig, UpstreamOptions};
+use ncps_core::{Cache, CacheOptions, NarInfo, NixHash, SigningKey, Storage, StorePath};
+
+type Files = Arc<Mutex<HashMap<String, (StatusCode, Bytes)>>>;
+
+/// An HTTP upstream serving fixed files, counting requests per path.
+struct TestUpstream {
+    url: String,
+    files: Files,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl TestUpstream {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let files: Files = Arc::default();
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let (f, h) = (files.clone(), hits.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (f, h) = (f.clone(), h.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let path = request.uri().path().to_owned();
+                        *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                        let (status, body) = f
+                            .lock()
+                            .unwrap()
+                            .get(&path)
+                            .cloned()
+                            .unwrap_or((StatusCode::NOT_FOUND, Bytes::new()));
+                        let mut response = Response::new(Full::new(body));
+                        *response.status_mut() = status;
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TestUpstream { url, files, hits }
+    }
+
+    /// An upstream at an address that refuses connections.
+    fn dead() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        TestUpstream {
+            url: format!("http://127.0.0.1:{port}"),
+            files: Arc::default(),
+            hits: Arc::default(),
+        }
+    }
+
+    fn put(&self, path: &str, status: StatusCode, body: impl Into<Bytes>) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), (status, body.into()));
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+/// A store path with its narinfo and uncompressed NAR bytes.
+struct Fixture {
+    info: NarInfo,
+    nar: Vec<u8>,
+}
+
+fn fixture(name: &str, size: usize, key: &SigningKey) -> Fixture {
+    let nar: Vec<u8> = (0..size).map(|i| (i * 7 + name.len()) as u8).collect();
+    let hash = ncps_core::nix32::encode(&NixHash::digest(name.as_bytes()).as_bytes()[..20]);
+    let nar_hash = NixHash::digest(&nar);
+    let mut info = NarInfo {
+        store_path: StorePath::from_base_name(&format!("{hash}-{name}")).unwrap(),
+        url: format!("nar/{}.nar", nar_hash.to_nix32()),
+        compression: "none".into(),
+        file_hash: Some(nar_hash),
+        file_size: Some(nar.len() as u64),
+        nar_hash,
+        nar_size: nar.len() as u64,
+        references: Vec::new(),
+        deriver: None,
+        sigs: Vec::new(),
+        ca: None,
+        extra: Vec::new(),
+    };
+    info.sign(key);
+    Fixture { info, nar }
+}
+
+impl Fixture {
+    fn hash(&self) -> ncps_core::StorePathHash {
+        self.info.store_path.hash().clone()
+    }
+
+    fn nar_path(&self) -> String {
+        format!("/{}", self.info.url)
+    }
+
+    fn publish(&self, upstream: &TestUpstream, nar: &[u8]) {
+        upstream.put(
+            &format!("/{}.narinfo", self.hash()),
+            StatusCode::OK,
+            self.info.to_string(),
+        );
+        upstream.put(&self.nar_path(), StatusCode::OK, nar.to_vec());
+    }
+}
+
+struct Setup {
+    cache: Cache,
+    storage: Arc<dyn Storage>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(upstreams: &[(&TestUpstream, &SigningKey, Option<u32>)]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> =
+        Arc::new(ncps_store::LocalStorage::new(dir.path().join("store")).unwrap());
+    let db = Arc::new(ncps_db::SqliteDb::open(dir.path().join("db.sqlite")).unwrap());
+    let lock = Arc::new(ncps_lock::LocalLock::new());
+    let upstreams = upstreams
+        .iter()
+        .map(|(u, key, priority)| {
+            let mut config = UpstreamConfig::parse(&u.url).unwrap();
+            config.priority = *priority;
+            config.public_keys.push(key.public_key());
+            Upstream::new(config, UpstreamOptions::default()).unwrap()
+        })
+        .collect();
+    let cache = Cache::new(
+        storage.clone(),
+        lock,
+        db,
+        upstreams,
+        SigningKey::generate("proxy-1"),
+        CacheOptions::default(),
+    );
+    Setup {
+        cache,
+        storage,
+        _dir: dir,
+    }
+}
+
+async fn read_all(mut body: ncps_core::ByteStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narinfo_is_resigned_and_nar_cached_after_one_download() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("hello", 300_000, &key);
+    f.publish(&upstream, &f.nar);
+    let s = setup(&[(&upstream, &key, None)]);
+
+    let text = s.cache.narinfo(&f.hash()).await.unwrap().expect("narinfo");
+    let served: NarInfo = text.parse().unwrap();
+    assert!(
+        served.has_valid_signature(&[s.cache.public_key()]),
+        "not signed by the proxy"
+    );
+    assert!(
+        served.has_valid_signature(&[key.public_key()]),
+        "upstream signature lost"
+    );
+    let file: NarFile = served.url.strip_prefix("nar/").unwrap().parse().unwrap();
+
+    // A second lookup comes from the database.
+    s.cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    assert_eq!(upstream.hits(&format!("/{}.narinfo", f.hash())), 1);
+
+    let nar = s.cache.nar(&file).await.unwrap().expect("nar");
+    assert_eq!(nar.size, Some(f.nar.len() as u64));
+    assert_eq!(read_all(nar.body).await.unwrap(), f.nar);
+    let again = s.cache.nar(&file).await.unwrap().expect("nar");
+    assert_eq!(read_all(again.body).await.unwrap(), f.nar);
+    assert_eq!(upstream.hits(&f.nar_path()), 1, "the warm hit went upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_make_one_upstream_download() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("popular", 2_000_000, &key);
+    f.publish(&upstream, &f.nar);
+    let s = setup(&[(&upstream, &key, None)]);
+    s.cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    let file = NarFile::for_narinfo(&f.info).unwrap();
+
+    let requests = (0..8).map(|_| {
+        let cache = s.cache.clone();
+        let file = file.clone();
+        tokio::spawn(async move {
+            read_all(cache.nar(&file).await.unwrap().unwrap().body)
+                .await
+                .unwrap()
+        })
+    });
+    for body in futures::future::join_all(requests).await {
+        assert_eq!(body.unwrap(), f.nar);
+    }
+    assert_eq!(upstream.hits(&f.nar_path()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_nar_is_aborted_and_never_stored() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("corrupt", 500_000, &key);
+    let mut bad = f.nar.clone();
+    bad[250_000] ^= 0xff;
+    f.publish(&upstream, &bad);
+    let s = setup(&[(&upstream, &key, None)]);
+    s.cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    let file = NarFile::for_narinfo(&f.info).unwrap();
+
+    for _ in 0..2 {
+        let nar = s.cache.nar(&file).await.unwrap().expect("nar");
+        let error = read_all(nar.body).await.unwrap_err();
+        assert!(error.to_string().contains("FileHash"), "{error}");
+    }
+    assert_eq!(s.storage.head(&file.storage_key()).await.unwrap(), None);
+    assert_eq!(upstream.hits(&f.nar_path()), 2, "each try fetches anew");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narinfos_need_a_signature_by_their_own_upstreams_key() {
+    let good = TestUpstream::start().await;
+    let evil = TestUpstream::start().await;
+    let good_key = SigningKey::generate("good-1");
+    let evil_key = SigningKey::generate("evil-1");
+    let f = fixture("target", 1000, &good_key);
+    let forged = fixture("target", 1000, &evil_key);
+    forged.publish(&evil, &forged.nar);
+    // The evil upstream is preferred, but its narinfo is not signed by a key of its own.
+    let evil_trusts = SigningKey::generate("evil-trusted-1");
+    let s = setup(&[(&evil, &evil_trusts, Some(10)), (&good, &good_key, Some(20))]);
+    assert_eq!(s.cache.narinfo(&forged.hash()).await.unwrap(), None);
+    assert_eq!(evil.hits(&format!("/{}.narinfo", forged.hash())), 1);
+
+    // Once the good upstream has it, it comes from there, though the evil one still answers first.
+    f.publish(&good, &f.nar);
+    let text = s
+        .cache
+        .narinfo(&f.hash())
+        .await
+        .unwrap()
+        .expect("narinfo from the good upstream");
+    assert!(
+        text.parse::<NarInfo>()
+            .unwrap()
+            .has_valid_signature(&[good_key.public_key()])
+    );
+    assert!(
+        !text
+            .parse::<NarInfo>()
+            .unwrap()
+            .has_valid_signature(&[evil_key.public_key()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_are_tried_in_priority_order_past_errors() {
+    let broken = TestUpstream::start().await;
+    let first = TestUpstream::start().await;
+    let second = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("prio", 1000, &key);
+    f.publish(&first, &f.nar);
+    f.publish(&second, &f.nar);
+    broken.put(
+        &format!("/{}.narinfo", f.hash()),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "oops",
+    );
+    let s = setup(&[
+        (&second, &key, Some(30)),
+        (&broken, &key, Some(5)),
+        (&first, &key, Some(10)),
+    ]);
+
+    s.cache.narinfo(&f.hash()).await.unwrap().expect("narinfo");
+    let narinfo = format!("/{}.narinfo", f.hash());
+    assert_eq!(
+        (
+            broken.hits(&narinfo),
+            first.hits(&narinfo),
+            second.hits(&narinfo)
+        ),
+        (1, 1, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_path_is_none_and_unreachable_upstreams_an_error() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let s = setup(&[(&upstream, &key, None)]);
+    let missing = fixture("missing", 10, &key);
+    assert_eq!(s.cache.narinfo(&missing.hash()).await.unwrap(), None);
+
+    let dead = TestUpstream::dead();
+    let s = setup(&[(&dead, &key, None)]);
+    let e = s.cache.narinfo(&missing.hash()).await.unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_priority_comes_from_nix_cache_info() {
+    let upstream = TestUpstream::start().await;
+    upstream.put(
+        "/nix-cache-info",
+        StatusCode::OK,
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 7\n",
+    );
+    let key = SigningKey::generate("up-1");
+    let mut config = UpstreamConfig::parse(&upstream.url).unwrap();
+    config.public_keys.push(key.public_key());
+    let mut u = Upstream::new(config.clone(), UpstreamOptions::default()).unwrap();
+    u.discover_priority(&config).await;
+    assert_eq!(u.priority(), 7);
+    assert_eq!(upstream.hits("/nix-cache-info"), 1);
+}
