@@ -22,20 +22,34 @@ Sig: envprobe-cache-1:smKjMsRFBW8LTDOJXbeDelVFTvA2YJlJg84S7MxUi0r+P3o35nZIGC7/qg
 ";
 
 fn narinfo(c: &mut Criterion) {
-    c.bench_function("narinfo parse", |b| b.iter(|| black_box(NARINFO).parse::<NarInfo>().unwrap()));
+    c.bench_function("narinfo parse", |b| {
+        b.iter(|| black_box(NARINFO).parse::<NarInfo>().unwrap())
+    });
     let info: NarInfo = NARINFO.parse().unwrap();
     c.bench_function("narinfo write", |b| b.iter(|| black_box(&info).to_string()));
     let key = SigningKey::generate("bench-1");
-    c.bench_function("narinfo sign", |b| b.iter(|| black_box(info.clone()).sign(&key)));
-    let public = ["envprobe-cache-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg=".parse().unwrap()];
-    c.bench_function("narinfo verify", |b| b.iter(|| assert!(black_box(&info).has_valid_signature(&public))));
+    c.bench_function("narinfo sign", |b| {
+        b.iter(|| black_box(info.clone()).sign(&key))
+    });
+    let public = [
+        "envprobe-cache-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg="
+            .parse()
+            .unwrap(),
+    ];
+    c.bench_function("narinfo verify", |b| {
+        b.iter(|| assert!(black_box(&info).has_valid_signature(&public)))
+    });
 }
 
 fn nix32_codec(c: &mut Criterion) {
     let hash = NixHash::digest(b"hello");
-    c.bench_function("nix32 encode 32 bytes", |b| b.iter(|| nix32::encode(black_box(hash.as_bytes()))));
+    c.bench_function("nix32 encode 32 bytes", |b| {
+        b.iter(|| nix32::encode(black_box(hash.as_bytes())))
+    });
     let s = hash.to_nix32();
-    c.bench_function("nix32 decode 52 chars", |b| b.iter(|| nix32::decode(black_box(&s), 32).unwrap()));
+    c.bench_function("nix32 decode 52 chars", |b| {
+        b.iter(|| nix32::decode(black_box(&s), 32).unwrap())
+    });
 }
 
 fn nar_check(c: &mut Criterion) {
@@ -47,14 +61,18 @@ fn nar_check(c: &mut Criterion) {
         nar_hash: NixHash::digest(&nar),
         nar_size: nar.len() as u64,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("nar check");
     group.throughput(Throughput::Bytes(nar.len() as u64));
     group.sample_size(10);
     group.bench_function("8 MiB uncompressed", |b| {
         b.iter(|| {
-            let chunks: Vec<std::io::Result<Bytes>> =
-                nar.chunks(64 << 10).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            let chunks: Vec<std::io::Result<Bytes>> = nar
+                .chunks(64 << 10)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
             let input: ByteStream = Box::pin(futures::stream::iter(chunks));
             runtime.block_on(async {
                 let mut out = verified(input, check.clone()).unwrap();

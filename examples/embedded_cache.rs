@@ -33,7 +33,11 @@ fn env(name: &str, default: &str) -> String {
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()).map_err(|n| match n {}).boxed_unsync());
+    let mut response = Response::new(
+        Full::new(body.into())
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = status;
     response
 }
@@ -65,7 +69,9 @@ async fn route(cache: Cache, request: Request<Incoming>) -> Result<Response<Body
             return Ok(reply(StatusCode::BAD_REQUEST, "bad NAR name\n"));
         };
         return Ok(match cache.nar(&file).await {
-            Ok(Some(nar)) => Response::new(StreamBody::new(nar.body.map_ok(Frame::data)).boxed_unsync()),
+            Ok(Some(nar)) => {
+                Response::new(StreamBody::new(nar.body.map_ok(Frame::data)).boxed_unsync())
+            }
             Ok(None) => reply(StatusCode::NOT_FOUND, "no such NAR\n"),
             Err(e) => reply(StatusCode::BAD_GATEWAY, format!("{e}\n")),
         });
@@ -78,7 +84,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data_dir = PathBuf::from(env("EMBED_DATA_DIR", "embedded-cache-data"));
     let mut upstream = UpstreamConfig::parse(&env("EMBED_UPSTREAM", "https://cache.nixos.org"))?;
     upstream.public_keys.push(
-        env("EMBED_UPSTREAM_KEY", "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=").parse()?,
+        env(
+            "EMBED_UPSTREAM_KEY",
+            "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+        )
+        .parse()?,
     );
 
     let storage = Arc::new(ncps_store::LocalStorage::new(data_dir.join("store"))?);
@@ -97,7 +107,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move {
             let service = service_fn(move |request| route(cache.clone(), request));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

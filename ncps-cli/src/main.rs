@@ -50,8 +50,11 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::VerifyNarinfo { file, public_keys } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let info: NarInfo = text.parse().map_err(|e| format!("{}: {e}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let info: NarInfo = text
+                .parse()
+                .map_err(|e| format!("{}: {e}", file.display()))?;
             let keys = public_keys
                 .iter()
                 .map(|k| k.parse::<PublicKey>())
@@ -65,7 +68,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("signature: valid");
                 Ok(())
             } else {
-                Err(format!("{}: no valid signature by the given keys", file.display()))
+                Err(format!(
+                    "{}: no valid signature by the given keys",
+                    file.display()
+                ))
             }
         }
     }
@@ -77,7 +83,9 @@ fn write_secret(path: &PathBuf, secret: &str) -> Result<(), String> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = options
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     f.write_all(secret.as_bytes())
         .map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -57,7 +57,9 @@ pub struct NarBody {
 
 impl std::fmt::Debug for NarBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NarBody").field("size", &self.size).finish_non_exhaustive()
+        f.debug_struct("NarBody")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 
@@ -154,7 +156,10 @@ impl Cache {
         let guard = self
             .inner
             .lock
-            .acquire(&format!("narinfo:{hash}"), self.inner.options.download_lock_ttl)
+            .acquire(
+                &format!("narinfo:{hash}"),
+                self.inner.options.download_lock_ttl,
+            )
             .await?;
         let result = match db.get_narinfo(hash.as_str()).await? {
             Some(record) => Ok(Some(record.narinfo)),
@@ -268,7 +273,10 @@ impl Cache {
         let guard = self
             .inner
             .lock
-            .acquire(&format!("download:{key}"), self.inner.options.download_lock_ttl)
+            .acquire(
+                &format!("download:{key}"),
+                self.inner.options.download_lock_ttl,
+            )
             .await?;
         // Whoever held the lock before us may have stored it.
         if let Some(body) = self.stored_nar(file, &key).await? {
@@ -276,9 +284,16 @@ impl Cache {
             return Ok(Some(body));
         }
         let url = url::Url::parse(&url).map_err(|e| Error::backend("stored upstream URL", e))?;
-        let Some(upstream) = self.inner.upstreams.iter().find(|u| url.as_str().starts_with(u.url().as_str())) else {
+        let Some(upstream) = self
+            .inner
+            .upstreams
+            .iter()
+            .find(|u| url.as_str().starts_with(u.url().as_str()))
+        else {
             guard.release().await?;
-            return Err(Error::Unavailable(format!("no configured upstream serves {url}")));
+            return Err(Error::Unavailable(format!(
+                "no configured upstream serves {url}"
+            )));
         };
         let Some(download) = upstream.nar(&url).await? else {
             guard.release().await?;
@@ -299,7 +314,9 @@ impl Cache {
             let result = tee_into_storage(verified, storage, &key, client_tx).await;
             match result {
                 Ok(size) => tracing::info!(%key, size, "NAR stored"),
-                Err(e) => tracing::error!(%key, %url, error = %e, "NAR download failed; nothing stored"),
+                Err(e) => {
+                    tracing::error!(%key, %url, error = %e, "NAR download failed; nothing stored")
+                }
             }
             if let Err(e) = guard.release().await {
                 tracing::warn!(%key, error = %e, "releasing the download lock failed");
@@ -352,7 +369,9 @@ async fn tee_into_storage(
             };
             if store_tx.send(for_store).await.is_err() {
                 // Storage gave up; it reports why.
-                let _ = client.send(Err(io::Error::other("storing the NAR failed"))).await;
+                let _ = client
+                    .send(Err(io::Error::other("storing the NAR failed")))
+                    .await;
                 break;
             }
             if client_listening && client.send(item).await.is_err() {

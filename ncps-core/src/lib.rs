@@ -52,10 +52,10 @@ pub mod narinfo;
 pub mod nix32;
 pub mod signing;
 pub mod storage;
-pub mod upstream;
 pub mod store_path;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod upstream;
 
 pub use cache::{Cache, CacheOptions, NarBody};
 pub use cache_info::CacheInfo;

@@ -38,7 +38,11 @@ impl FromStr for NarFile {
 
     /// Accepts only `<52 nix32>.nar` with a known compression extension.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::InvalidInput(format!("{s:?} is not a NAR file name (<nix32>.nar[.xz|.zst|.bz2|.br|.lz4|.lzip])"));
+        let bad = || {
+            Error::InvalidInput(format!(
+                "{s:?} is not a NAR file name (<nix32>.nar[.xz|.zst|.bz2|.br|.lz4|.lzip])"
+            ))
+        };
         let (hash, ext) = s.split_once(".nar").ok_or_else(bad)?;
         if hash.len() != nix32::encoded_len(32) || !nix32::is_nix32(hash) {
             return Err(bad());
@@ -73,8 +77,15 @@ mod tests {
     #[test]
     fn accepts_canonical_names_only() {
         let ok = "1zvbqwfa8ika0z17by9nalxpy7ckpdhwx5z9sd7ivhpaggqs9akp.nar.xz";
-        assert_eq!(ok.parse::<NarFile>().unwrap().storage_key(), format!("nar/{ok}"));
-        assert!("1zvbqwfa8ika0z17by9nalxpy7ckpdhwx5z9sd7ivhpaggqs9akp.nar".parse::<NarFile>().is_ok());
+        assert_eq!(
+            ok.parse::<NarFile>().unwrap().storage_key(),
+            format!("nar/{ok}")
+        );
+        assert!(
+            "1zvbqwfa8ika0z17by9nalxpy7ckpdhwx5z9sd7ivhpaggqs9akp.nar"
+                .parse::<NarFile>()
+                .is_ok()
+        );
         for bad in [
             "1zvbqwfa8ika0z17by9nalxpy7ckpdhwx5z9sd7ivhpaggqs9akp.nar.gz",
             "1zvbqwfa8ika0z17by9nalxpy7ckpdhwx5z9sd7ivhpaggqs9akp.tar",

@@ -72,7 +72,11 @@ struct NarSink {
 }
 
 impl AsyncWrite for NarSink {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut counter = self.counter.lock().unwrap_or_else(PoisonError::into_inner);
         if counter.len() + buf.len() as u64 > self.limit {
             return Poll::Ready(Err(invalid(format!(
@@ -161,26 +165,34 @@ impl State {
         if let Some(size) = self.check.file_size
             && self.file.len() > size
         {
-            return Err(invalid(format!("NAR file is larger than its FileSize {size}")));
+            return Err(invalid(format!(
+                "NAR file is larger than its FileSize {size}"
+            )));
         }
         self.decoder.write_all(chunk).await
     }
 
     async fn finish(&mut self) -> io::Result<()> {
-        self.decoder
-            .shutdown()
-            .await
-            .map_err(|e| invalid(format!("NAR does not decompress as {}: {e}", self.check.compression)))?;
+        self.decoder.shutdown().await.map_err(|e| {
+            invalid(format!(
+                "NAR does not decompress as {}: {e}",
+                self.check.compression
+            ))
+        })?;
         let (file_hash, file_size) = std::mem::take(&mut self.file).finish();
         if let Some(size) = self.check.file_size
             && size != file_size
         {
-            return Err(invalid(format!("NAR file has {file_size} bytes, FileSize says {size}")));
+            return Err(invalid(format!(
+                "NAR file has {file_size} bytes, FileSize says {size}"
+            )));
         }
         if let Some(hash) = self.check.file_hash
             && hash != file_hash
         {
-            return Err(invalid(format!("NAR file hashes to {file_hash}, FileHash says {hash}")));
+            return Err(invalid(format!(
+                "NAR file hashes to {file_hash}, FileHash says {hash}"
+            )));
         }
         let nar = std::mem::take(&mut *self.nar.lock().unwrap_or_else(PoisonError::into_inner));
         let (nar_hash, nar_size) = nar.finish();
@@ -220,9 +232,10 @@ pub fn verified(input: ByteStream, check: NarCheck) -> Result<ByteStream> {
         held: None,
         finished: false,
     };
-    Ok(Box::pin(futures::stream::unfold(state, |mut state| async move {
-        state.next().await.map(|item| (item, state))
-    })))
+    Ok(Box::pin(futures::stream::unfold(
+        state,
+        |mut state| async move { state.next().await.map(|item| (item, state)) },
+    )))
 }
 
 #[cfg(test)]
@@ -307,7 +320,9 @@ mod tests {
         let mut c = check("none", &nar, &nar);
         c.file_hash = None;
         c.file_size = None;
-        let e = collect(verified(chunks(&bad), c).unwrap()).await.unwrap_err();
+        let e = collect(verified(chunks(&bad), c).unwrap())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("NarHash"), "{e}");
     }
 
@@ -315,16 +330,19 @@ mod tests {
     async fn fails_on_truncated_and_oversized_bodies() {
         let nar = nar_bytes();
         let file = xz(&nar).await;
-        let e = collect(verified(chunks(&file[..file.len() / 2]), check("xz", &file, &nar)).unwrap())
-            .await
-            .unwrap_err();
+        let e =
+            collect(verified(chunks(&file[..file.len() / 2]), check("xz", &file, &nar)).unwrap())
+                .await
+                .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         let mut c = check("none", &nar, &nar);
         c.file_size = None;
         c.file_hash = None;
         let mut longer = nar.clone();
         longer.push(0);
-        let e = collect(verified(chunks(&longer), c).unwrap()).await.unwrap_err();
+        let e = collect(verified(chunks(&longer), c).unwrap())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("larger"), "{e}");
     }
 

@@ -251,7 +251,7 @@ pub async fn storage_conformance(storage: &dyn Storage) {
         "storage: size after concurrent puts does not match the bytes read"
     );
     assert!(
-        bodies.iter().any(|b| *b == bytes),
+        bodies.contains(&bytes),
         "storage: concurrent puts left an object that is none of the bodies put ({} bytes)",
         bytes.len()
     );

@@ -55,8 +55,8 @@ impl UpstreamConfig {
     /// Parses an upstream URL. `?priority=N` sets its priority and each
     /// `?public-key=name:base64` binds a key to it; both are removed from the URL.
     pub fn parse(s: &str) -> Result<Self> {
-        let mut url = Url::parse(s)
-            .map_err(|e| Error::InvalidInput(format!("upstream URL {s:?}: {e}")))?;
+        let mut url =
+            Url::parse(s).map_err(|e| Error::InvalidInput(format!("upstream URL {s:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::InvalidInput(format!(
                 "upstream URL {s:?}: only http and https are supported"
@@ -69,7 +69,9 @@ impl UpstreamConfig {
             match &*key {
                 "priority" => {
                     priority = Some(value.parse().map_err(|_| {
-                        Error::InvalidInput(format!("upstream URL {s:?}: priority {value:?} is not a number"))
+                        Error::InvalidInput(format!(
+                            "upstream URL {s:?}: priority {value:?} is not a number"
+                        ))
                     })?)
                 }
                 "public-key" => public_keys.push(value.parse()?),
@@ -169,7 +171,9 @@ impl Upstream {
         }
         match self.cache_info().await {
             Ok(info) => self.priority = info.priority.unwrap_or(DEFAULT_PRIORITY),
-            Err(e) => tracing::warn!(upstream = %self.url, error = %e, "cannot read nix-cache-info; using priority {DEFAULT_PRIORITY}"),
+            Err(e) => {
+                tracing::warn!(upstream = %self.url, error = %e, "cannot read nix-cache-info; using priority {DEFAULT_PRIORITY}")
+            }
         }
     }
 
@@ -178,7 +182,10 @@ impl Upstream {
         let url = self.join("nix-cache-info")?;
         match self.get_text(url).await? {
             Some(text) => text.parse(),
-            None => Err(Error::Unavailable(format!("{} has no nix-cache-info", self.url))),
+            None => Err(Error::Unavailable(format!(
+                "{} has no nix-cache-info",
+                self.url
+            ))),
         }
     }
 
@@ -224,9 +231,9 @@ impl Upstream {
             return Ok(None);
         };
         let content_length = response.content_length();
-        let body = response
-            .bytes_stream()
-            .map_err(|e| std::io::Error::other(format!("reading NAR from upstream: {}", e.without_url())));
+        let body = response.bytes_stream().map_err(|e| {
+            std::io::Error::other(format!("reading NAR from upstream: {}", e.without_url()))
+        });
         Ok(Some(UpstreamNar {
             content_length,
             body: Box::pin(body),
@@ -242,7 +249,10 @@ impl Upstream {
     /// GET with the response-header timeout; 404 and 403 are `None`.
     async fn get(&self, url: Url) -> Result<Option<reqwest::Response>> {
         let shown = url.to_string();
-        let sent = tokio::time::timeout(self.options.response_header_timeout, self.client.get(url).send());
+        let sent = tokio::time::timeout(
+            self.options.response_header_timeout,
+            self.client.get(url).send(),
+        );
         let response = match sent.await {
             Err(_) => {
                 return Err(Error::Unavailable(format!(
@@ -273,7 +283,9 @@ impl Upstream {
         {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_METADATA_LEN {
-                return Err(Error::InvalidInput(format!("{shown}: body larger than {MAX_METADATA_LEN} bytes")));
+                return Err(Error::InvalidInput(format!(
+                    "{shown}: body larger than {MAX_METADATA_LEN} bytes"
+                )));
             }
         }
         String::from_utf8(body)
@@ -288,7 +300,10 @@ impl Upstream {
 /// bind to the only upstream when there is one, or one by one in order when
 /// there are as many keys as upstreams; anything else is refused, since a key
 /// must never be matched to an upstream by guessing.
-pub fn bind_keys(mut configs: Vec<UpstreamConfig>, plain_keys: &[String]) -> Result<Vec<UpstreamConfig>> {
+pub fn bind_keys(
+    mut configs: Vec<UpstreamConfig>,
+    plain_keys: &[String],
+) -> Result<Vec<UpstreamConfig>> {
     let keys = plain_keys
         .iter()
         .map(|k| k.parse::<PublicKey>())
@@ -323,7 +338,9 @@ mod tests {
     fn parses_priority_and_keys_out_of_the_url() {
         let c = UpstreamConfig::parse(&format!(
             "https://cache.example/sub?priority=10&public-key={}&token=x",
-            KEY.replace('+', "%2B").replace('=', "%3D").replace('/', "%2F")
+            KEY.replace('+', "%2B")
+                .replace('=', "%3D")
+                .replace('/', "%2F")
         ))
         .unwrap();
         assert_eq!(c.priority, Some(10));
@@ -335,7 +352,10 @@ mod tests {
 
     #[test]
     fn binds_keys_to_upstreams_without_guessing() {
-        let urls = vec![UpstreamConfig::parse("http://a").unwrap(), UpstreamConfig::parse("http://b").unwrap()];
+        let urls = vec![
+            UpstreamConfig::parse("http://a").unwrap(),
+            UpstreamConfig::parse("http://b").unwrap(),
+        ];
         let other = "b-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg=".to_string();
         let configs = bind_keys(urls.clone(), &[KEY.into(), other.clone()]).unwrap();
         assert_eq!(configs[0].public_keys[0].name(), "cache.nixos.org-1");

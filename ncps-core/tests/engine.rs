@@ -205,7 +205,11 @@ async fn narinfo_is_resigned_and_nar_cached_after_one_download() {
     assert_eq!(read_all(nar.body).await.unwrap(), f.nar);
     let again = s.cache.nar(&file).await.unwrap().expect("nar");
     assert_eq!(read_all(again.body).await.unwrap(), f.nar);
-    assert_eq!(upstream.hits(&f.nar_path()), 1, "the warm hit went upstream");
+    assert_eq!(
+        upstream.hits(&f.nar_path()),
+        1,
+        "the warm hit went upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +269,10 @@ async fn narinfos_need_a_signature_by_their_own_upstreams_key() {
     forged.publish(&evil, &forged.nar);
     // The evil upstream is preferred, but its narinfo is not signed by a key of its own.
     let evil_trusts = SigningKey::generate("evil-trusted-1");
-    let s = setup(&[(&evil, &evil_trusts, Some(10)), (&good, &good_key, Some(20))]);
+    let s = setup(&[
+        (&evil, &evil_trusts, Some(10)),
+        (&good, &good_key, Some(20)),
+    ]);
     assert_eq!(s.cache.narinfo(&forged.hash()).await.unwrap(), None);
     assert_eq!(evil.hits(&format!("/{}.narinfo", forged.hash())), 1);
 

@@ -40,13 +40,16 @@ fn invalid(option: &str, cause: impl std::fmt::Display) -> Error {
 fn open_storage(dir: &Path) -> Result<Arc<dyn Storage>> {
     #[cfg(feature = "local-storage")]
     {
-        let storage = ncps_store::LocalStorage::new(dir)
-            .map_err(|e| invalid("--cache-storage-local", e))?;
+        let storage =
+            ncps_store::LocalStorage::new(dir).map_err(|e| invalid("--cache-storage-local", e))?;
         Ok(Arc::new(storage))
     }
     #[cfg(not(feature = "local-storage"))]
     {
-        Err(invalid("--cache-storage-local", format!("{}: built without local storage", dir.display())))
+        Err(invalid(
+            "--cache-storage-local",
+            format!("{}: built without local storage", dir.display()),
+        ))
     }
 }
 
@@ -82,20 +85,35 @@ async fn open_db(url: &str) -> Result<Arc<dyn MetadataDb>> {
 /// Builds the engine and the state the routes see. Any invalid option is an
 /// [`Error::InvalidInput`] naming it.
 pub async fn build(options: &ServeOptions) -> Result<AppState> {
-    let hostname = options.cache_hostname.clone().unwrap_or_else(machine_hostname);
+    let hostname = options
+        .cache_hostname
+        .clone()
+        .unwrap_or_else(machine_hostname);
     if hostname.is_empty() || hostname.contains([':', ' ', '/']) {
-        return Err(invalid("--cache-hostname", format!("{hostname:?} is not a host name")));
+        return Err(invalid(
+            "--cache-hostname",
+            format!("{hostname:?} is not a host name"),
+        ));
     }
-    let data_dir = options.cache_storage_local.clone().unwrap_or_else(default_data_dir);
+    let data_dir = options
+        .cache_storage_local
+        .clone()
+        .unwrap_or_else(default_data_dir);
     let database_url = options
         .cache_database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("db/db.sqlite").display()));
 
     let (urls, keys) = if options.cache_upstream_urls.is_empty() {
-        (vec![DEFAULT_UPSTREAM.to_owned()], vec![DEFAULT_UPSTREAM_KEY.to_owned()])
+        (
+            vec![DEFAULT_UPSTREAM.to_owned()],
+            vec![DEFAULT_UPSTREAM_KEY.to_owned()],
+        )
     } else {
-        (options.cache_upstream_urls.clone(), options.cache_upstream_public_keys.clone())
+        (
+            options.cache_upstream_urls.clone(),
+            options.cache_upstream_public_keys.clone(),
+        )
     };
     let upstream_options = UpstreamOptions {
         dial_timeout: options.cache_upstream_dialer_timeout,
@@ -107,7 +125,8 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
         .map(|u| UpstreamConfig::parse(u))
         .collect::<Result<Vec<_>>>()
         .map_err(|e| invalid("--cache-upstream-url", e))?;
-    let configs = bind_keys(configs, &keys).map_err(|e| invalid("--cache-upstream-public-key", e))?;
+    let configs =
+        bind_keys(configs, &keys).map_err(|e| invalid("--cache-upstream-public-key", e))?;
     let upstreams = configs
         .into_iter()
         .map(|config| {
@@ -129,7 +148,12 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
     let db = open_db(&database_url).await?;
     let signing_key = match &options.cache_secret_key_path {
         Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| invalid("--cache-secret-key-path", format!("{}: {e}", path.display())))?
+            .map_err(|e| {
+                invalid(
+                    "--cache-secret-key-path",
+                    format!("{}: {e}", path.display()),
+                )
+            })?
             .parse::<SigningKey>()
             .map_err(|e| invalid("--cache-secret-key-path", e))?,
         None => Cache::signing_key_from_db(db.as_ref(), &hostname).await?,

@@ -17,8 +17,14 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cache.database-url", "CACHE_DATABASE_URL"),
     ("cache.upstream.urls", "CACHE_UPSTREAM_URLS"),
     ("cache.upstream.public-keys", "CACHE_UPSTREAM_PUBLIC_KEYS"),
-    ("cache.upstream.dialer-timeout", "CACHE_UPSTREAM_DIALER_TIMEOUT"),
-    ("cache.upstream.response-header-timeout", "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT"),
+    (
+        "cache.upstream.dialer-timeout",
+        "CACHE_UPSTREAM_DIALER_TIMEOUT",
+    ),
+    (
+        "cache.upstream.response-header-timeout",
+        "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
+    ),
     ("cache.secret-key-path", "CACHE_SECRET_KEY_PATH"),
     ("cache.sign-narinfo", "CACHE_SIGN_NARINFO"),
     ("cache.lock.download-lock-ttl", "CACHE_LOCK_DOWNLOAD_TTL"),
@@ -40,29 +46,42 @@ pub fn path_from_args(args: &[OsString]) -> Option<OsString> {
     std::env::var_os("NCPS_CONFIG_FILE")
 }
 
-/// Reads a config file into (environment variable, value) pairs. Keys this
-/// server does not know are returned apart, so they can be warned about.
-pub fn read(path: &Path) -> Result<(Vec<(&'static str, String)>, Vec<String>), String> {
+/// What a config file says.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConfigValues {
+    /// (environment variable, value) of each known key.
+    pub values: Vec<(&'static str, String)>,
+    /// Keys this server does not know, to warn about.
+    pub unknown_keys: Vec<String>,
+}
+
+/// Reads a config file.
+pub fn read(path: &Path) -> Result<ConfigValues, String> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("--config {shown}: {e}"))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let value: Value = match ext {
         "json" => serde_json::from_str(&text).map_err(|e| format!("--config {shown}: {e}"))?,
         "toml" => toml::from_str(&text).map_err(|e| format!("--config {shown}: {e}"))?,
-        "yaml" | "yml" => serde_yaml::from_str(&text).map_err(|e| format!("--config {shown}: {e}"))?,
-        _ => return Err(format!("--config {shown}: name it .yaml, .yml, .toml or .json")),
+        "yaml" | "yml" => {
+            serde_yaml::from_str(&text).map_err(|e| format!("--config {shown}: {e}"))?
+        }
+        _ => {
+            return Err(format!(
+                "--config {shown}: name it .yaml, .yml, .toml or .json"
+            ));
+        }
     };
     let mut flat = Vec::new();
     flatten("", &value, &mut flat).map_err(|e| format!("--config {shown}: {e}"))?;
-    let mut known = Vec::new();
-    let mut unknown = Vec::new();
+    let mut config = ConfigValues::default();
     for (key, value) in flat {
         match KEYS.iter().find(|(k, _)| *k == key) {
-            Some((_, env)) => known.push((*env, value)),
-            None => unknown.push(key),
+            Some((_, env)) => config.values.push((*env, value)),
+            None => config.unknown_keys.push(key),
         }
     }
-    Ok((known, unknown))
+    Ok(config)
 }
 
 fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) -> Result<(), String> {
@@ -75,7 +94,11 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) -> Resu
     match value {
         Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out)?;
             }
         }
@@ -97,18 +120,33 @@ mod tests {
     fn reads_all_three_formats_the_same() {
         let dir = tempfile::tempdir().unwrap();
         let files = [
-            ("c.yaml", "server:\n  addr: 127.0.0.1:9\ncache:\n  upstream:\n    urls: [http://a, http://b]\n  lru:\n    schedule: x\n"),
-            ("c.toml", "[server]\naddr = \"127.0.0.1:9\"\n[cache.upstream]\nurls = [\"http://a\", \"http://b\"]\n[cache.lru]\nschedule = \"x\"\n"),
-            ("c.json", r#"{"server":{"addr":"127.0.0.1:9"},"cache":{"upstream":{"urls":["http://a","http://b"]},"lru":{"schedule":"x"}}}"#),
+            (
+                "c.yaml",
+                "server:\n  addr: 127.0.0.1:9\ncache:\n  upstream:\n    urls: [http://a, http://b]\n  lru:\n    schedule: x\n",
+            ),
+            (
+                "c.toml",
+                "[server]\naddr = \"127.0.0.1:9\"\n[cache.upstream]\nurls = [\"http://a\", \"http://b\"]\n[cache.lru]\nschedule = \"x\"\n",
+            ),
+            (
+                "c.json",
+                r#"{"server":{"addr":"127.0.0.1:9"},"cache":{"upstream":{"urls":["http://a","http://b"]},"lru":{"schedule":"x"}}}"#,
+            ),
         ];
         for (name, text) in files {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
-            let (mut known, unknown) = read(&path).unwrap();
+            let ConfigValues {
+                values: mut known,
+                unknown_keys: unknown,
+            } = read(&path).unwrap();
             known.sort();
             assert_eq!(
                 known,
-                vec![("CACHE_UPSTREAM_URLS", "http://a,http://b".to_string()), ("SERVER_ADDR", "127.0.0.1:9".to_string())],
+                vec![
+                    ("CACHE_UPSTREAM_URLS", "http://a,http://b".to_string()),
+                    ("SERVER_ADDR", "127.0.0.1:9".to_string())
+                ],
                 "{name}"
             );
             assert_eq!(unknown, vec!["cache.lru.schedule".to_string()], "{name}");
@@ -121,14 +159,24 @@ mod tests {
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, "server: [").unwrap();
         assert!(read(&path).unwrap_err().contains("c.yaml"));
-        assert!(read(&dir.path().join("missing.toml")).unwrap_err().contains("missing.toml"));
+        assert!(
+            read(&dir.path().join("missing.toml"))
+                .unwrap_err()
+                .contains("missing.toml")
+        );
     }
 
     #[test]
     fn finds_the_config_flag() {
-        let args: Vec<OsString> = ["x", "serve", "--config=/a.yaml"].iter().map(Into::into).collect();
+        let args: Vec<OsString> = ["x", "serve", "--config=/a.yaml"]
+            .iter()
+            .map(Into::into)
+            .collect();
         assert_eq!(path_from_args(&args), Some("/a.yaml".into()));
-        let args: Vec<OsString> = ["x", "--config", "/b.toml"].iter().map(Into::into).collect();
+        let args: Vec<OsString> = ["x", "--config", "/b.toml"]
+            .iter()
+            .map(Into::into)
+            .collect();
         assert_eq!(path_from_args(&args), Some("/b.toml".into()));
     }
 }

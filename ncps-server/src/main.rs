@@ -11,14 +11,14 @@ fn main() -> ExitCode {
     let mut unknown_keys = Vec::new();
     if let Some(path) = config_file::path_from_args(&args) {
         match config_file::read(path.as_ref()) {
-            Ok((values, unknown)) => {
-                for (env, value) in values {
+            Ok(config) => {
+                for (env, value) in config.values {
                     if std::env::var_os(env).is_none() {
                         // SAFETY: no other thread exists yet; the runtime starts below.
                         unsafe { std::env::set_var(env, value) };
                     }
                 }
-                unknown_keys = unknown;
+                unknown_keys = config.unknown_keys;
             }
             Err(e) => {
                 eprintln!("ncps-server: {e}");
@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     let (global, options) = Cli::parse_from(args).serve_options();
     let filter = tracing_subscriber::EnvFilter::try_new(&global.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     for key in unknown_keys {
         tracing::warn!(%key, "config key not supported by this server; ignored");
     }
@@ -62,7 +65,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        tracing::info!("listening on http://{}", listener.local_addr().map_or(addr, |a| a));
+        tracing::info!(
+            "listening on http://{}",
+            listener.local_addr().map_or(addr, |a| a)
+        );
         server::serve(listener, state, server::shutdown_signal()).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS

@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 /// cache.nixos.org, the upstream used when none is configured.
 pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
 /// cache.nixos.org's public key.
-pub const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+pub const DEFAULT_UPSTREAM_KEY: &str =
+    "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
 /// `ncps-server [serve] [OPTIONS]`
 #[derive(Debug, Parser)]
@@ -79,12 +80,20 @@ pub struct ServeOptions {
 
     /// An upstream cache URL (repeatable); `?priority=N` sets its priority,
     /// `?public-key=name:base64` binds a key to it.
-    #[arg(long = "cache-upstream-url", env = "CACHE_UPSTREAM_URLS", value_delimiter = ',')]
+    #[arg(
+        long = "cache-upstream-url",
+        env = "CACHE_UPSTREAM_URLS",
+        value_delimiter = ','
+    )]
     pub cache_upstream_urls: Vec<String>,
 
     /// An upstream public key `name:base64` (repeatable): with one upstream
     /// all keys are its; with several, the n-th key is the n-th upstream's.
-    #[arg(long = "cache-upstream-public-key", env = "CACHE_UPSTREAM_PUBLIC_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "cache-upstream-public-key",
+        env = "CACHE_UPSTREAM_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
     pub cache_upstream_public_keys: Vec<String>,
 
     /// How long connecting to an upstream may take.
@@ -112,7 +121,8 @@ pub struct ServeOptions {
 
 /// Parses Go-style durations such as `3s`, `5m`, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 3s, 5m or 1h: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 3s, 5m or 1h: {e}"))
 }
 
 #[cfg(test)]
@@ -149,7 +159,11 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_option() {
-        let e = Cli::try_parse_from(["ncps-server", "--cache-upstream-dialer-timeout", "x"]).unwrap_err();
-        assert!(e.to_string().contains("--cache-upstream-dialer-timeout"), "{e}");
+        let e = Cli::try_parse_from(["ncps-server", "--cache-upstream-dialer-timeout", "x"])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("--cache-upstream-dialer-timeout"),
+            "{e}"
+        );
     }
 }

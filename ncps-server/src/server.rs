@@ -23,7 +23,11 @@ pub fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
 
 /// Serves `state` on `listener` until `shutdown` completes, then lets open
 /// requests finish.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
@@ -60,13 +64,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -82,8 +87,14 @@ mod tests {
 
     #[test]
     fn parses_ncps_style_addresses() {
-        assert_eq!(parse_addr(":8501").unwrap(), "0.0.0.0:8501".parse().unwrap());
-        assert_eq!(parse_addr("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            parse_addr(":8501").unwrap(),
+            "0.0.0.0:8501".parse().unwrap()
+        );
+        assert_eq!(
+            parse_addr("127.0.0.1:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
         assert!(parse_addr("localhost").is_err());
     }
 }

@@ -26,7 +26,9 @@ pub struct AppState {
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn text(status: StatusCode, content_type: &str, body: String, head: bool) -> Response<Body> {
@@ -34,7 +36,10 @@ fn text(status: StatusCode, content_type: &str, body: String, head: bool) -> Res
     let body = if head { full(Bytes::new()) } else { full(body) };
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, content_type.parse().expect("static content type"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        content_type.parse().expect("static content type"),
+    );
     response.headers_mut().insert(CONTENT_LENGTH, len.into());
     response
 }
@@ -62,8 +67,14 @@ fn error_response(e: &Error, head: bool) -> Response<Body> {
 pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<Body>, Infallible> {
     let head = request.method() == Method::HEAD;
     if request.method() != Method::GET && !head {
-        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are allowed", false);
-        response.headers_mut().insert(ALLOW, "GET, HEAD".parse().expect("static header"));
+        let mut response = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed",
+            false,
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, "GET, HEAD".parse().expect("static header"));
         return Ok(response);
     }
     let path = request.uri().path();
@@ -84,12 +95,19 @@ pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<
         ),
         "/pubkey" => plain(StatusCode::OK, state.cache.public_key().to_string(), head),
         _ => {
-            if let Some(hash) = path.strip_prefix('/').and_then(|p| p.strip_suffix(".narinfo")) {
+            if let Some(hash) = path
+                .strip_prefix('/')
+                .and_then(|p| p.strip_suffix(".narinfo"))
+            {
                 narinfo(&state, hash, head).await
             } else if let Some(file) = path.strip_prefix("/nar/") {
                 nar(&state, file, head).await
             } else {
-                plain(StatusCode::NOT_FOUND, format!("{path} is not a route of this cache"), head)
+                plain(
+                    StatusCode::NOT_FOUND,
+                    format!("{path} is not a route of this cache"),
+                    head,
+                )
             }
         }
     };
@@ -103,7 +121,11 @@ async fn narinfo(state: &AppState, hash: &str, head: bool) -> Response<Body> {
     };
     match state.cache.narinfo(&hash).await {
         Ok(Some(text)) => self::text(StatusCode::OK, "text/x-nix-narinfo", text, head),
-        Ok(None) => plain(StatusCode::NOT_FOUND, format!("{hash}.narinfo is in no upstream"), head),
+        Ok(None) => plain(
+            StatusCode::NOT_FOUND,
+            format!("{hash}.narinfo is in no upstream"),
+            head,
+        ),
         Err(e) => error_response(&e, head),
     }
 }
@@ -113,7 +135,13 @@ async fn nar(state: &AppState, file: &str, head: bool) -> Response<Body> {
         Ok(file) => file,
         Err(e) => return error_response(&e, head),
     };
-    let not_found = || plain(StatusCode::NOT_FOUND, format!("nar/{file} is not known here"), head);
+    let not_found = || {
+        plain(
+            StatusCode::NOT_FOUND,
+            format!("nar/{file} is not known here"),
+            head,
+        )
+    };
     let (size, body) = if head {
         match state.cache.nar_size(&file).await {
             Ok(Some(size)) => (size, full(Bytes::new())),
@@ -132,7 +160,12 @@ async fn nar(state: &AppState, file: &str, head: bool) -> Response<Body> {
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, "application/x-nix-nar".parse().expect("static content type"));
+    headers.insert(
+        CONTENT_TYPE,
+        "application/x-nix-nar"
+            .parse()
+            .expect("static content type"),
+    );
     if let Some(size) = size {
         headers.insert(CONTENT_LENGTH, size.into());
     }

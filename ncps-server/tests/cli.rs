@@ -9,7 +9,11 @@ use std::time::Duration;
 const SERVER: &str = env!("CARGO_BIN_EXE_ncps-server");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs the server in a clean environment that expects it to exit.
@@ -46,7 +50,10 @@ fn start(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Running {
 
 /// Polls a URL until it answers, within a bounded number of tries.
 fn get(url: &str) -> Option<String> {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     for _ in 0..200 {
         if let Ok(response) = client.get(url).send() {
             return response.text().ok();
@@ -60,21 +67,62 @@ fn get(url: &str) -> Option<String> {
 fn invalid_options_exit_non_zero_naming_the_option() {
     let home = tempfile::tempdir().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["--cache-upstream-url", "ftp://x", "--cache-upstream-public-key", "k-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg="], "--cache-upstream-url"),
-        (&["--cache-upstream-url", "http://x"], "--cache-upstream-url"),
-        (&["--cache-upstream-url", "http://a", "--cache-upstream-url", "http://b", "--cache-upstream-public-key", "k-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg="], "--cache-upstream-public-key"),
-        (&["--cache-upstream-public-key", "nonsense", "--cache-upstream-url", "http://x"], "--cache-upstream-public-key"),
+        (
+            &[
+                "--cache-upstream-url",
+                "ftp://x",
+                "--cache-upstream-public-key",
+                "k-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg=",
+            ],
+            "--cache-upstream-url",
+        ),
+        (
+            &["--cache-upstream-url", "http://x"],
+            "--cache-upstream-url",
+        ),
+        (
+            &[
+                "--cache-upstream-url",
+                "http://a",
+                "--cache-upstream-url",
+                "http://b",
+                "--cache-upstream-public-key",
+                "k-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg=",
+            ],
+            "--cache-upstream-public-key",
+        ),
+        (
+            &[
+                "--cache-upstream-public-key",
+                "nonsense",
+                "--cache-upstream-url",
+                "http://x",
+            ],
+            "--cache-upstream-public-key",
+        ),
         (&["--server-addr", "nowhere"], "--server-addr"),
-        (&["--cache-upstream-response-header-timeout", "soon"], "--cache-upstream-response-header-timeout"),
-        (&["--cache-secret-key-path", "/nonexistent/key"], "--cache-secret-key-path"),
-        (&["--cache-database-url", "oracle://x"], "--cache-database-url"),
+        (
+            &["--cache-upstream-response-header-timeout", "soon"],
+            "--cache-upstream-response-header-timeout",
+        ),
+        (
+            &["--cache-secret-key-path", "/nonexistent/key"],
+            "--cache-secret-key-path",
+        ),
+        (
+            &["--cache-database-url", "oracle://x"],
+            "--cache-database-url",
+        ),
         (&["--config", "/nonexistent/ncps.yaml"], "--config"),
     ];
     for (args, option) in cases {
         let out = run_expecting_exit(home.path(), args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(stderr.contains(option), "{args:?}: stderr does not name {option}: {stderr}");
+        assert!(
+            stderr.contains(option),
+            "{args:?}: stderr does not name {option}: {stderr}"
+        );
     }
 }
 
@@ -91,7 +139,11 @@ fn serve_subcommand_and_config_file_are_accepted() {
         ),
     )
     .unwrap();
-    let _server = start(home.path(), &["serve", "--config", config.to_str().unwrap()], &[]);
+    let _server = start(
+        home.path(),
+        &["serve", "--config", config.to_str().unwrap()],
+        &[],
+    );
     let root = get(&format!("http://127.0.0.1:{port}/")).expect("server never answered");
     assert!(root.contains("\"hostname\":\"from-config\""), "{root}");
     assert!(root.contains("from-config-1:"), "{root}");
@@ -108,7 +160,14 @@ fn environment_wins_over_the_config_file() {
         format!("[server]\naddr = \"127.0.0.1:{port}\"\n[cache]\nhostname = \"from-file\"\n"),
     )
     .unwrap();
-    let _server = start(home.path(), &[], &[("NCPS_CONFIG_FILE", config.to_str().unwrap()), ("CACHE_HOSTNAME", "from-env")]);
+    let _server = start(
+        home.path(),
+        &[],
+        &[
+            ("NCPS_CONFIG_FILE", config.to_str().unwrap()),
+            ("CACHE_HOSTNAME", "from-env"),
+        ],
+    );
     let root = get(&format!("http://127.0.0.1:{port}/")).expect("server never answered");
     assert!(root.contains("\"hostname\":\"from-env\""), "{root}");
 }
@@ -117,8 +176,13 @@ fn environment_wins_over_the_config_file() {
 fn with_no_options_it_serves_the_embedded_default_and_keeps_its_key() {
     // The embedded default listens on :8501; skip if something else holds it.
     if TcpListener::bind("0.0.0.0:8501").is_err() {
-        eprintln!("SKIPPED: with_no_options_it_serves_the_embedded_default_and_keeps_its_key: port 8501 is taken");
-        assert!(std::env::var_os("NCPS_TEST_REQUIRE_ALL").is_none(), "port 8501 is taken");
+        eprintln!(
+            "SKIPPED: with_no_options_it_serves_the_embedded_default_and_keeps_its_key: port 8501 is taken"
+        );
+        assert!(
+            std::env::var_os("NCPS_TEST_REQUIRE_ALL").is_none(),
+            "port 8501 is taken"
+        );
         return;
     }
     let home = tempfile::tempdir().unwrap();
