@@ -13,8 +13,8 @@ use crate::nar_file::NarFile;
 use crate::nar_verify::{self, NarCheck, is_supported_compression};
 use crate::upstream::Upstream;
 use crate::{
-    ByteStream, CacheInfo, Error, Lock, MetadataDb, NarInfo, NarInfoRecord, NarRecord, PublicKey,
-    Result, SigningKey, Storage, StorePathHash,
+    ByteStream, CacheInfo, Error, Lock, LockGuard, MetadataDb, NarInfo, NarInfoRecord, NarRecord,
+    PublicKey, Result, SigningKey, Storage, StorePathHash,
 };
 
 /// The database config key of the cache's secret key.
@@ -153,20 +153,19 @@ impl Cache {
             self.touch_narinfo(&record).await;
             return Ok(Some(record.narinfo));
         }
-        let guard = self
-            .inner
-            .lock
-            .acquire(
-                &format!("narinfo:{hash}"),
-                self.inner.options.download_lock_ttl,
-            )
-            .await?;
+        let guard = self.lock(&format!("narinfo:{hash}")).await?;
         let result = match db.get_narinfo(hash.as_str()).await? {
             Some(record) => Ok(Some(record.narinfo)),
             None => self.pull_narinfo(hash).await,
         };
         guard.release().await?;
         result
+    }
+
+    /// Waits for and takes the lock of one download.
+    async fn lock(&self, key: &str) -> Result<LockGuard> {
+        let ttl = self.inner.options.download_lock_ttl;
+        self.inner.lock.acquire(key, ttl).await
     }
 
     async fn touch_narinfo(&self, record: &NarInfoRecord) {
@@ -270,14 +269,7 @@ impl Cache {
         let Some(url) = record.upstream_url.clone() else {
             return Ok(None);
         };
-        let guard = self
-            .inner
-            .lock
-            .acquire(
-                &format!("download:{key}"),
-                self.inner.options.download_lock_ttl,
-            )
-            .await?;
+        let guard = self.lock(&format!("download:{key}")).await?;
         // Whoever held the lock before us may have stored it.
         if let Some(body) = self.stored_nar(file, &key).await? {
             guard.release().await?;
