@@ -13,12 +13,7 @@ pub const DEFAULT_UPSTREAM_KEY: &str =
 
 /// `ncps-server [serve] [OPTIONS]`
 #[derive(Debug, Parser)]
-#[command(
-    name = "ncps-server",
-    version,
-    about = "A Nix binary cache proxy",
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "ncps-server", version, about = "A Nix binary cache proxy")]
 pub struct Cli {
     /// Options valid before and after `serve`.
     #[command(flatten)]

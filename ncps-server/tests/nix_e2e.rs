@@ -243,6 +243,15 @@ fn assert_not_served(what: &str, got: &Fetched, expected_len: usize) {
         && got.complete
         && got.error.is_none()
         && got.body.len() >= expected_len;
+    eprintln!(
+        "{what}: status {}, {} of {expected_len} bytes, complete {}, error {:?}",
+        got.status,
+        got.body.len(),
+        got.complete,
+        got.error
+            .as_deref()
+            .map(|e| e.chars().take(200).collect::<String>())
+    );
     assert!(
         !full_success,
         "{what}: a damaged NAR was served completely and successfully \
@@ -462,4 +471,31 @@ async fn head_narinfo_cold_fetches_no_nar() {
         "HEAD of a narinfo fetched NARs: {:?}",
         upstream.all_hits()
     );
+}
+
+/// Every narinfo real Nix wrote into the fixture caches parses, verifies
+/// against the upstream key, and is written back byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn narinfos_written_by_nix_round_trip() {
+    if !require_nix("narinfos_written_by_nix_round_trip") {
+        return;
+    }
+    let fx = nix_fixture();
+    let key: ncps_core::PublicKey = fx.upstream_key.public.parse().unwrap();
+    let mut seen = 0;
+    for c in Compression::ALL {
+        for p in &fx.closure {
+            let text = fx.narinfo_in(fx.cache(c), p);
+            let info: ncps_core::NarInfo = text.parse().unwrap();
+            assert_eq!(
+                info.to_string(),
+                text,
+                "{c:?} narinfo of {p} did not round-trip"
+            );
+            assert!(info.has_valid_signature(std::slice::from_ref(&key)), "{p}");
+            assert_eq!(info.compression, c.as_str());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 9, "only {seen} narinfos checked");
 }
