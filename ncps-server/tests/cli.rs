@@ -8,6 +8,21 @@ use std::time::Duration;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_ncps-server");
 
+/// The default upstream is cache.nixos.org; tests must not reach the
+/// internet, so every outside request goes to a loopback proxy that refuses it.
+const DEAD_PROXY: &str = "http://127.0.0.1:9";
+
+fn clean_command(home: &Path) -> Command {
+    let mut command = Command::new(SERVER);
+    command
+        .env_clear()
+        .env("HOME", home)
+        .env("HTTPS_PROXY", DEAD_PROXY)
+        .env("HTTP_PROXY", DEAD_PROXY)
+        .env("NO_PROXY", "127.0.0.1,localhost");
+    command
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -18,12 +33,7 @@ fn free_port() -> u16 {
 
 /// Runs the server in a clean environment that expects it to exit.
 fn run_expecting_exit(home: &Path, args: &[&str]) -> Output {
-    Command::new(SERVER)
-        .args(args)
-        .env_clear()
-        .env("HOME", home)
-        .output()
-        .unwrap()
+    clean_command(home).args(args).output().unwrap()
 }
 
 struct Running(Child);
@@ -36,10 +46,8 @@ impl Drop for Running {
 }
 
 fn start(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Running {
-    let child = Command::new(SERVER)
+    let child = clean_command(home)
         .args(args)
-        .env_clear()
-        .env("HOME", home)
         .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
