@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 
 use crate::Result;
 
@@ -29,6 +29,29 @@ impl Debug for StoredObject {
     }
 }
 
+/// The `len` bytes of `body` from `offset` on.
+pub fn slice(body: ByteStream, offset: u64, len: u64) -> ByteStream {
+    let state = (body, offset, len);
+    Box::pin(futures::stream::unfold(state, |(mut body, mut skip, mut left)| async move {
+        while left > 0 {
+            let mut chunk = match body.next().await? {
+                Ok(chunk) => chunk,
+                Err(e) => return Some((Err(e), (body, 0, 0))),
+            };
+            if skip >= chunk.len() as u64 {
+                skip -= chunk.len() as u64;
+                continue;
+            }
+            let _ = chunk.split_to(skip as usize);
+            skip = 0;
+            chunk.truncate(left.min(chunk.len() as u64) as usize);
+            left -= chunk.len() as u64;
+            return Some((Ok(chunk), (body, skip, left)));
+        }
+        None
+    }))
+}
+
 /// Byte storage for NARs, addressed by keys such as `nar/<hash>.nar.xz`.
 ///
 /// Implementations never hold a whole object in memory, and never make a
@@ -45,9 +68,43 @@ pub trait Storage: Send + Sync + Debug {
     /// Reads the object under `key`, or `None` if there is none.
     async fn get(&self, key: &str) -> Result<Option<StoredObject>>;
 
+    /// Reads `len` bytes from `offset` of the object under `key`, or `None`
+    /// if there is none. The returned `size` is the whole object's; the body
+    /// holds only the range, cut short at the object's end.
+    ///
+    /// The default reads from the start and skips; backends that can seek override it.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<StoredObject>> {
+        Ok(self.get(key).await?.map(|object| StoredObject {
+            size: object.size,
+            body: slice(object.body, offset, len),
+        }))
+    }
+
     /// The size of the object under `key`, or `None` if there is none.
     async fn head(&self, key: &str) -> Result<Option<u64>>;
 
     /// Deletes the object under `key`; returns whether there was one.
     async fn delete(&self, key: &str) -> Result<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn slices_across_chunks() {
+        let data: Vec<u8> = (0..100).collect();
+        for (offset, len) in [(0, 100), (5, 10), (9, 2), (95, 50), (100, 5), (0, 0), (33, 1)] {
+            let chunks: Vec<io::Result<Bytes>> =
+                data.chunks(10).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            let body: ByteStream = Box::pin(futures::stream::iter(chunks));
+            let got: Vec<u8> = slice(body, offset, len)
+                .map(|c| c.unwrap().to_vec())
+                .concat()
+                .await;
+            let end = (offset + len).min(100) as usize;
+            let start = (offset as usize).min(end);
+            assert_eq!(got, data[start..end], "{offset} {len}");
+        }
+    }
 }

@@ -154,6 +154,35 @@ pub async fn storage_conformance(storage: &dyn Storage) {
     );
     assert_holds(storage, key, &large, "streamed put").await;
 
+    // Ranges: within, across chunk boundaries, past the end, empty.
+    let size = large.len() as u64;
+    for (offset, len) in [(0, 10), (1, 70_000), (65_535, 3), (size - 5, 100), (size, 10), (7, 0)] {
+        let object = storage
+            .get_range(key, offset, len)
+            .await
+            .expect("storage: get_range failed")
+            .expect("storage: get_range did not find the object");
+        assert_eq!(object.size, size, "storage: get_range size is not the object's");
+        let mut body = object.body;
+        let mut got = Vec::new();
+        while let Some(chunk) = body.next().await {
+            got.extend_from_slice(&chunk.expect("storage: get_range body failed"));
+        }
+        let end = (offset + len).min(size) as usize;
+        assert!(
+            got == large[(offset as usize).min(end)..end],
+            "storage: get_range({offset}, {len}) returned the wrong bytes"
+        );
+    }
+    assert!(
+        storage
+            .get_range("conformance/missing", 0, 1)
+            .await
+            .expect("storage: get_range of a missing key failed")
+            .is_none(),
+        "storage: get_range found a missing key"
+    );
+
     // Put replaces.
     let replacement = pattern(100_000, 99);
     storage

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use futures::StreamExt;
 use ncps_core::{ByteStream, Error, Result, Storage, StoredObject};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 /// Name of the directory under the root where `put` writes before renaming.
@@ -30,7 +30,34 @@ pub struct LocalStorage {
     tmp: PathBuf,
 }
 
+/// An open stored file and its size.
+struct OpenFile {
+    file: tokio::fs::File,
+    size: u64,
+}
+
 impl LocalStorage {
+    /// Opens the file of `key`; `None` if there is none (or it is not a file).
+    async fn open(&self, key: &str) -> Result<Option<OpenFile>> {
+        let path = self.path_for(key)?;
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(Error::backend(format!("opening {key}"), e)),
+        };
+        let metadata = file
+            .metadata()
+            .await
+            .map_err(|e| Error::backend(format!("reading metadata of {key}"), e))?;
+        if !metadata.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(OpenFile {
+            file,
+            size: metadata.len(),
+        }))
+    }
+
     /// Storage under `root`, creating the directory (and its `.tmp`
     /// subdirectory) if needed.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
@@ -62,29 +89,14 @@ impl LocalStorage {
     }
 }
 
-/// Rejects keys that are empty, absolute, contain `.`, `..` or empty
-/// components, backslashes or NUL, or point into the temporary directory.
+/// Applies the common key rules and rejects keys inside the temporary
+/// directory.
 fn validate_key(key: &str) -> Result<()> {
-    let reject = |why: &str| Err(Error::InvalidInput(format!("storage key {key:?}: {why}")));
-    if key.is_empty() {
-        return reject("empty");
-    }
-    if key.starts_with('/') {
-        return reject("absolute");
-    }
-    if key.contains('\\') {
-        return reject("contains a backslash");
-    }
-    if key.contains('\0') {
-        return reject("contains NUL");
-    }
-    for (i, component) in key.split('/').enumerate() {
-        match component {
-            "" => return reject("empty path component"),
-            "." | ".." => return reject("contains a `.` or `..` component"),
-            TMP_DIR if i == 0 => return reject("reserved prefix"),
-            _ => {}
-        }
+    crate::key::validate_key(key)?;
+    if key.split('/').next() == Some(TMP_DIR) {
+        return Err(Error::InvalidInput(format!(
+            "storage key {key:?}: reserved prefix"
+        )));
     }
     Ok(())
 }
@@ -161,22 +173,24 @@ impl Storage for LocalStorage {
     }
 
     async fn get(&self, key: &str) -> Result<Option<StoredObject>> {
-        let path = self.path_for(key)?;
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(Error::backend(format!("opening {key}"), e)),
-        };
-        let metadata = file
-            .metadata()
-            .await
-            .map_err(|e| Error::backend(format!("reading metadata of {key}"), e))?;
-        if !metadata.is_file() {
+        Ok(self.open(key).await?.map(|object| StoredObject {
+            size: object.size,
+            body: Box::pin(ReaderStream::with_capacity(object.file, READ_BUFFER)),
+        }))
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<StoredObject>> {
+        let Some(mut object) = self.open(key).await? else {
             return Ok(None);
-        }
+        };
+        object
+            .file
+            .seek(io::SeekFrom::Start(offset.min(object.size)))
+            .await
+            .map_err(|e| Error::backend(format!("seeking in {key}"), e))?;
         Ok(Some(StoredObject {
-            size: metadata.len(),
-            body: Box::pin(ReaderStream::with_capacity(file, READ_BUFFER)),
+            size: object.size,
+            body: Box::pin(ReaderStream::with_capacity(object.file.take(len), READ_BUFFER)),
         }))
     }
 
