@@ -320,6 +320,39 @@ impl Cache {
         }))
     }
 
+    /// The size of a NAR in storage, after any download of it in flight;
+    /// `None` if it is not stored.
+    pub async fn stored_nar_size(&self, file: &NarFile) -> Result<Option<u64>> {
+        let key = file.storage_key();
+        if let Some(size) = self.inner.storage.head(&key).await? {
+            return Ok(Some(size));
+        }
+        self.lock(&format!("download:{key}"))
+            .await?
+            .release()
+            .await?;
+        self.inner.storage.head(&key).await
+    }
+
+    /// `len` bytes from `offset` of a stored NAR; `None` if it is not stored.
+    /// Ranges are served from storage only: a cold NAR is fetched whole first.
+    pub async fn stored_nar_range(
+        &self,
+        file: &NarFile,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<NarBody>> {
+        let object = self
+            .inner
+            .storage
+            .get_range(&file.storage_key(), offset, len)
+            .await?;
+        Ok(object.map(|object| NarBody {
+            size: Some(object.size),
+            body: object.body,
+        }))
+    }
+
     async fn stored_nar(&self, file: &NarFile, key: &str) -> Result<Option<NarBody>> {
         let Some(object) = self.inner.storage.get(key).await? else {
             return Ok(None);

@@ -5,6 +5,8 @@
 //! with a message naming the broken rule. They use keys under a
 //! `conformance` prefix, so run each suite on its own empty instance.
 
+pub mod upstream;
+
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,136 +1,14 @@
 //! The cache engine against real HTTP upstreams served in-process, with
 //! real backends (local storage, local locks, SQLite). Needs no outside service.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::StatusCode;
 use ncps_core::nar_file::NarFile;
+use ncps_core::testkit::upstream::{TestUpstream, fixture};
 use ncps_core::upstream::{Upstream, UpstreamConfig, UpstreamOptions};
-use ncps_core::{Cache, CacheOptions, NarInfo, NixHash, SigningKey, Storage, StorePath};
-
-type Files = Arc<Mutex<HashMap<String, (StatusCode, Bytes)>>>;
-
-/// An HTTP upstream serving fixed files, counting requests per path.
-struct TestUpstream {
-    url: String,
-    files: Files,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-impl TestUpstream {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let files: Files = Arc::default();
-        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let (f, h) = (files.clone(), hits.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (f, h) = (f.clone(), h.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let path = request.uri().path().to_owned();
-                        *h.lock().unwrap().entry(path.clone()).or_default() += 1;
-                        let (status, body) = f
-                            .lock()
-                            .unwrap()
-                            .get(&path)
-                            .cloned()
-                            .unwrap_or((StatusCode::NOT_FOUND, Bytes::new()));
-                        let mut response = Response::new(Full::new(body));
-                        *response.status_mut() = status;
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        TestUpstream { url, files, hits }
-    }
-
-    /// An upstream at an address that refuses connections.
-    fn dead() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        TestUpstream {
-            url: format!("http://127.0.0.1:{port}"),
-            files: Arc::default(),
-            hits: Arc::default(),
-        }
-    }
-
-    fn put(&self, path: &str, status: StatusCode, body: impl Into<Bytes>) {
-        self.files
-            .lock()
-            .unwrap()
-            .insert(path.to_owned(), (status, body.into()));
-    }
-
-    fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
-}
-
-/// A store path with its narinfo and uncompressed NAR bytes.
-struct Fixture {
-    info: NarInfo,
-    nar: Vec<u8>,
-}
-
-fn fixture(name: &str, size: usize, key: &SigningKey) -> Fixture {
-    let nar: Vec<u8> = (0..size).map(|i| (i * 7 + name.len()) as u8).collect();
-    let hash = ncps_core::nix32::encode(&NixHash::digest(name.as_bytes()).as_bytes()[..20]);
-    let nar_hash = NixHash::digest(&nar);
-    let mut info = NarInfo {
-        store_path: StorePath::from_base_name(&format!("{hash}-{name}")).unwrap(),
-        url: format!("nar/{}.nar", nar_hash.to_nix32()),
-        compression: "none".into(),
-        file_hash: Some(nar_hash),
-        file_size: Some(nar.len() as u64),
-        nar_hash,
-        nar_size: nar.len() as u64,
-        references: Vec::new(),
-        deriver: None,
-        sigs: Vec::new(),
-        ca: None,
-        extra: Vec::new(),
-    };
-    info.sign(key);
-    Fixture { info, nar }
-}
-
-impl Fixture {
-    fn hash(&self) -> ncps_core::StorePathHash {
-        self.info.store_path.hash().clone()
-    }
-
-    fn nar_path(&self) -> String {
-        format!("/{}", self.info.url)
-    }
-
-    fn publish(&self, upstream: &TestUpstream, nar: &[u8]) {
-        upstream.put(
-            &format!("/{}.narinfo", self.hash()),
-            StatusCode::OK,
-            self.info.to_string(),
-        );
-        upstream.put(&self.nar_path(), StatusCode::OK, nar.to_vec());
-    }
-}
+use ncps_core::{Cache, CacheOptions, NarInfo, SigningKey, Storage};
 
 struct Setup {
     cache: Cache,

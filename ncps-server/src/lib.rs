@@ -5,6 +5,8 @@
 
 pub mod app;
 pub mod config_file;
+pub mod encoding;
 pub mod options;
+pub mod range;
 pub mod server;
 pub mod service;

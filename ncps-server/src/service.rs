@@ -5,13 +5,19 @@ use std::io;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{
+    ACCEPT_ENCODING, ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RANGE, VARY,
+};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use ncps_core::nar_file::NarFile;
-use ncps_core::{Cache, Error, StorePathHash};
+use ncps_core::{Cache, Error, NixHash, StorePathHash};
+
+use crate::encoding;
+use crate::range::{self, ByteRange};
 
 /// The body of every response.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -99,9 +105,9 @@ pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<
                 .strip_prefix('/')
                 .and_then(|p| p.strip_suffix(".narinfo"))
             {
-                narinfo(&state, hash, head).await
+                narinfo(&state, request.headers(), hash, head).await
             } else if let Some(file) = path.strip_prefix("/nar/") {
-                nar(&state, file, head).await
+                nar(&state, request.headers(), file, head).await
             } else {
                 plain(
                     StatusCode::NOT_FOUND,
@@ -114,60 +120,195 @@ pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<
     Ok(response)
 }
 
-async fn narinfo(state: &AppState, hash: &str, head: bool) -> Response<Body> {
+/// Cache lifetime of what never changes for its name: NARs and narinfos.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// Cache lifetime of a 404: short, since a later pull or upload may fill it.
+const NOT_FOUND_MAX_AGE: &str = "public, max-age=60";
+/// Errors are never cached.
+const NO_STORE: &str = "no-store";
+
+fn header(request: &RequestHeaders, name: http::HeaderName) -> Option<&str> {
+    request.get(name).and_then(|v| v.to_str().ok())
+}
+
+type RequestHeaders = http::HeaderMap;
+
+/// Whether `If-None-Match` names `etag` (or `*`).
+fn not_modified(request: &RequestHeaders, etag: &str) -> bool {
+    header(request, IF_NONE_MATCH).is_some_and(|v| {
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*")
+    })
+}
+
+fn with_cache_headers(mut response: Response<Body>, etag: Option<&str>) -> Response<Body> {
+    let cache_control = match response.status() {
+        s if s.is_success() || s == StatusCode::NOT_MODIFIED => IMMUTABLE,
+        StatusCode::NOT_FOUND => NOT_FOUND_MAX_AGE,
+        _ => NO_STORE,
+    };
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
+        headers.insert(ETAG, etag);
+    }
+    response
+}
+
+fn not_modified_response(etag: &str) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    with_cache_headers(response, Some(etag))
+}
+
+async fn narinfo(
+    state: &AppState,
+    request: &RequestHeaders,
+    hash: &str,
+    head: bool,
+) -> Response<Body> {
     let hash: StorePathHash = match hash.parse() {
         Ok(hash) => hash,
-        Err(e) => return error_response(&e, head),
+        Err(e) => return with_cache_headers(error_response(&e, head), None),
     };
     match state.cache.narinfo(&hash).await {
-        Ok(Some(text)) => self::text(StatusCode::OK, "text/x-nix-narinfo", text, head),
-        Ok(None) => plain(
-            StatusCode::NOT_FOUND,
-            format!("{hash}.narinfo is in no upstream"),
-            head,
+        Ok(Some(text)) => {
+            let etag = format!("\"{}\"", &NixHash::digest(text.as_bytes()).to_nix32()[..32]);
+            if not_modified(request, &etag) {
+                return not_modified_response(&etag);
+            }
+            let response = self::text(StatusCode::OK, "text/x-nix-narinfo", text, head);
+            with_cache_headers(response, Some(&etag))
+        }
+        Ok(None) => with_cache_headers(
+            plain(
+                StatusCode::NOT_FOUND,
+                format!("{hash}.narinfo is in no upstream"),
+                head,
+            ),
+            None,
         ),
-        Err(e) => error_response(&e, head),
+        Err(e) => with_cache_headers(error_response(&e, head), None),
     }
 }
 
-async fn nar(state: &AppState, file: &str, head: bool) -> Response<Body> {
+async fn nar(state: &AppState, request: &RequestHeaders, file: &str, head: bool) -> Response<Body> {
     let file: NarFile = match file.parse() {
         Ok(file) => file,
-        Err(e) => return error_response(&e, head),
+        Err(e) => return with_cache_headers(error_response(&e, head), None),
     };
-    let not_found = || {
-        plain(
+    let response = match nar_response(state, request, &file, head).await {
+        Ok(Some(response)) => response,
+        Ok(None) => plain(
             StatusCode::NOT_FOUND,
             format!("nar/{file} is not known here"),
             head,
-        )
+        ),
+        Err(e) => error_response(&e, head),
     };
+    let mut response = with_cache_headers(response, None);
+    response
+        .headers_mut()
+        .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    response
+}
+
+/// A NAR response: a range, zstd-encoded, or as stored; `None` if unknown.
+async fn nar_response(
+    state: &AppState,
+    request: &RequestHeaders,
+    file: &NarFile,
+    head: bool,
+) -> Result<Option<Response<Body>>, Error> {
+    let cache = &state.cache;
+    let range = header(request, RANGE);
+    // Only uncompressed NARs gain from zstd, and ranges are of the stored bytes.
+    let zstd = range.is_none()
+        && !file.as_str().contains(".nar.")
+        && header(request, ACCEPT_ENCODING).is_some_and(encoding::accepts_zstd);
+    let etag = if zstd {
+        format!("\"{file}+zstd\"")
+    } else {
+        format!("\"{file}\"")
+    };
+    if not_modified(request, &etag) {
+        return Ok(Some(not_modified_response(&etag)));
+    }
+
+    if let Some(range) = range
+        && let Some(size) = cache.stored_nar_size(file).await?
+        && let Some(range) = range::parse(range, size)
+    {
+        let (start, len) = match range {
+            ByteRange::Satisfiable { start, len } => (start, len),
+            ByteRange::Unsatisfiable => {
+                let mut response = plain(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range not satisfiable",
+                    head,
+                );
+                response.headers_mut().insert(
+                    CONTENT_RANGE,
+                    format!("bytes */{size}").parse().expect("number"),
+                );
+                return Ok(Some(response));
+            }
+        };
+        let body = if head {
+            full(Bytes::new())
+        } else {
+            match cache.stored_nar_range(file, start, len).await? {
+                Some(nar) => stream_body(nar.body),
+                None => return Ok(None),
+            }
+        };
+        let mut response = nar_headers(Response::new(body), Some(len), &etag);
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let content_range = format!("bytes {start}-{}/{size}", start + len - 1);
+        response
+            .headers_mut()
+            .insert(CONTENT_RANGE, content_range.parse().expect("numbers"));
+        return Ok(Some(response));
+    }
+
     let (size, body) = if head {
-        match state.cache.nar_size(&file).await {
-            Ok(Some(size)) => (size, full(Bytes::new())),
-            Ok(None) => return not_found(),
-            Err(e) => return error_response(&e, head),
+        match cache.nar_size(file).await? {
+            Some(size) => (size, full(Bytes::new())),
+            None => return Ok(None),
         }
     } else {
-        match state.cache.nar(&file).await {
-            Ok(Some(nar)) => {
-                let frames = nar.body.map_ok(Frame::data);
-                (nar.size, StreamBody::new(frames).boxed_unsync())
-            }
-            Ok(None) => return not_found(),
-            Err(e) => return error_response(&e, head),
+        match cache.nar(file).await? {
+            Some(nar) if zstd => (nar.size, stream_body(encoding::zstd(nar.body))),
+            Some(nar) => (nar.size, stream_body(nar.body)),
+            None => return Ok(None),
         }
     };
-    let mut response = Response::new(body);
+    let mut response = nar_headers(Response::new(body), if zstd { None } else { size }, &etag);
+    if zstd {
+        response
+            .headers_mut()
+            .insert(CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+    }
+    Ok(Some(response))
+}
+
+fn stream_body(body: ncps_core::ByteStream) -> Body {
+    StreamBody::new(body.map_ok(Frame::data)).boxed_unsync()
+}
+
+fn nar_headers(mut response: Response<Body>, len: Option<u64>, etag: &str) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
-        "application/x-nix-nar"
-            .parse()
-            .expect("static content type"),
+        HeaderValue::from_static("application/x-nix-nar"),
     );
-    if let Some(size) = size {
-        headers.insert(CONTENT_LENGTH, size.into());
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(len) = len {
+        headers.insert(CONTENT_LENGTH, len.into());
+    }
+    if let Ok(etag) = HeaderValue::from_str(etag) {
+        headers.insert(ETAG, etag);
     }
     response
 }

@@ -1,0 +1,142 @@
+//! A real HTTP upstream served in-process, and signed store path fixtures,
+//! for tests of the engine and the server without Nix.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::{NarInfo, NixHash, SigningKey, StorePath, StorePathHash};
+
+/// Files an upstream serves: path -> (status, body).
+type Files = Arc<Mutex<HashMap<String, (StatusCode, Bytes)>>>;
+
+/// An HTTP upstream serving fixed files, counting requests per path.
+pub struct TestUpstream {
+    /// Its root URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    files: Files,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl TestUpstream {
+    /// Starts serving on a free loopback port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let files: Files = Arc::default();
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let (f, h) = (files.clone(), hits.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (f, h) = (f.clone(), h.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let path = request.uri().path().to_owned();
+                        *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                        let (status, body) = f
+                            .lock()
+                            .unwrap()
+                            .get(&path)
+                            .cloned()
+                            .unwrap_or((StatusCode::NOT_FOUND, Bytes::new()));
+                        let mut response = Response::new(Full::new(body));
+                        *response.status_mut() = status;
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TestUpstream { url, files, hits }
+    }
+
+    /// An upstream at an address that refuses connections.
+    pub fn dead() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        TestUpstream {
+            url: format!("http://127.0.0.1:{port}"),
+            files: Arc::default(),
+            hits: Arc::default(),
+        }
+    }
+
+    /// Serves `body` with `status` at `path`.
+    pub fn put(&self, path: &str, status: StatusCode, body: impl Into<Bytes>) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), (status, body.into()));
+    }
+
+    /// How many requests `path` has had.
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+/// A store path with its narinfo and uncompressed NAR bytes.
+pub struct Fixture {
+    /// Its narinfo, signed.
+    pub info: NarInfo,
+    /// Its NAR bytes.
+    pub nar: Vec<u8>,
+}
+
+/// A store path named `name` with `size` NAR bytes (`Compression: none`), signed by `key`.
+pub fn fixture(name: &str, size: usize, key: &SigningKey) -> Fixture {
+    let nar: Vec<u8> = (0..size).map(|i| (i * 7 + name.len()) as u8).collect();
+    let hash = crate::nix32::encode(&NixHash::digest(name.as_bytes()).as_bytes()[..20]);
+    let nar_hash = NixHash::digest(&nar);
+    let mut info = NarInfo {
+        store_path: StorePath::from_base_name(&format!("{hash}-{name}")).unwrap(),
+        url: format!("nar/{}.nar", nar_hash.to_nix32()),
+        compression: "none".into(),
+        file_hash: Some(nar_hash),
+        file_size: Some(nar.len() as u64),
+        nar_hash,
+        nar_size: nar.len() as u64,
+        references: Vec::new(),
+        deriver: None,
+        sigs: Vec::new(),
+        ca: None,
+        extra: Vec::new(),
+    };
+    info.sign(key);
+    Fixture { info, nar }
+}
+
+impl Fixture {
+    /// Its store path hash.
+    pub fn hash(&self) -> StorePathHash {
+        self.info.store_path.hash().clone()
+    }
+
+    /// The upstream path of its NAR.
+    pub fn nar_path(&self) -> String {
+        format!("/{}", self.info.url)
+    }
+
+    /// Puts its narinfo and `nar` (its own bytes, or damaged ones) on `upstream`.
+    pub fn publish(&self, upstream: &TestUpstream, nar: &[u8]) {
+        upstream.put(
+            &format!("/{}.narinfo", self.hash()),
+            StatusCode::OK,
+            self.info.to_string(),
+        );
+        upstream.put(&self.nar_path(), StatusCode::OK, nar.to_vec());
+    }
+}
