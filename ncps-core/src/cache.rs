@@ -11,6 +11,7 @@ use futures::{SinkExt, StreamExt};
 
 use crate::nar_file::NarFile;
 use crate::nar_verify::{self, NarCheck, is_supported_compression};
+use crate::negative_cache::NegativeCache;
 use crate::upstream::Upstream;
 use crate::{
     ByteStream, CacheInfo, Error, Lock, LockGuard, MetadataDb, NarInfo, NarInfoRecord, NarRecord,
@@ -35,6 +36,8 @@ pub struct CacheOptions {
     pub download_lock_ttl: Duration,
     /// `Priority:` this cache advertises in its nix-cache-info.
     pub priority: u32,
+    /// How long a narinfo no upstream has is answered 404 without asking again; zero disables.
+    pub negative_ttl: Duration,
 }
 
 impl Default for CacheOptions {
@@ -43,6 +46,7 @@ impl Default for CacheOptions {
             sign_narinfo: true,
             download_lock_ttl: Duration::from_secs(300),
             priority: 40,
+            negative_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -76,6 +80,7 @@ struct Inner {
     db: Arc<dyn MetadataDb>,
     upstreams: Vec<Upstream>,
     signing_key: SigningKey,
+    negative: NegativeCache,
     options: CacheOptions,
 }
 
@@ -103,6 +108,7 @@ impl Cache {
                 db,
                 upstreams,
                 signing_key,
+                negative: NegativeCache::new(options.negative_ttl),
                 options,
             }),
         }
@@ -153,6 +159,9 @@ impl Cache {
             self.touch_narinfo(&record).await;
             return Ok(Some(record.narinfo));
         }
+        if self.inner.negative.is_absent(hash.as_str()) {
+            return Ok(None);
+        }
         let guard = self.lock(&format!("narinfo:{hash}")).await?;
         let result = match db.get_narinfo(hash.as_str()).await? {
             Some(record) => Ok(Some(record.narinfo)),
@@ -192,6 +201,9 @@ impl Cache {
         }
         for e in &failures {
             tracing::warn!(%hash, error = %e, "upstream narinfo refused");
+        }
+        if failures.is_empty() {
+            self.inner.negative.remember(hash.as_str());
         }
         match failures.into_iter().next() {
             // An upstream that could not answer may have it: say so rather than "absent".
@@ -239,6 +251,11 @@ impl Cache {
         .await?;
         tracing::info!(path = %info.store_path, upstream = %upstream.url(), "narinfo cached");
         Ok(text)
+    }
+
+    /// Forgets that no upstream had `hash`, so the next request asks again.
+    pub fn forget_absent(&self, hash: &StorePathHash) {
+        self.inner.negative.forget(hash.as_str());
     }
 
     /// The size of a NAR file if this cache can serve it, without downloading it.

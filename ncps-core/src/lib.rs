@@ -49,6 +49,7 @@ pub mod metadata;
 pub mod nar_file;
 pub mod nar_verify;
 pub mod narinfo;
+pub mod negative_cache;
 pub mod nix32;
 pub mod signing;
 pub mod storage;

@@ -237,3 +237,39 @@ async fn upstream_priority_comes_from_nix_cache_info() {
     assert_eq!(u.priority(), 7);
     assert_eq!(upstream.hits("/nix-cache-info"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_misses_are_answered_from_the_negative_cache() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let s = setup(&[(&upstream, &key, None)]);
+    let f = fixture("later", 100, &key);
+    let narinfo = format!("/{}.narinfo", f.hash());
+    for _ in 0..3 {
+        assert_eq!(s.cache.narinfo(&f.hash()).await.unwrap(), None);
+    }
+    assert_eq!(
+        upstream.hits(&narinfo),
+        1,
+        "a remembered miss went upstream"
+    );
+
+    // Once forgotten (as an upload does), the next request asks again.
+    f.publish(&upstream, &f.nar);
+    s.cache.forget_absent(&f.hash());
+    assert!(s.cache.narinfo(&f.hash()).await.unwrap().is_some());
+    assert_eq!(upstream.hits(&narinfo), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upstream_is_not_remembered_as_a_miss() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let s = setup(&[(&upstream, &key, None)]);
+    let f = fixture("flaky", 100, &key);
+    let narinfo = format!("/{}.narinfo", f.hash());
+    upstream.put(&narinfo, StatusCode::SERVICE_UNAVAILABLE, "busy");
+    assert!(s.cache.narinfo(&f.hash()).await.is_err());
+    f.publish(&upstream, &f.nar);
+    assert!(s.cache.narinfo(&f.hash()).await.unwrap().is_some());
+}

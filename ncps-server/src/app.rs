@@ -161,6 +161,7 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
     let cache_options = CacheOptions {
         sign_narinfo: options.cache_sign_narinfo,
         download_lock_ttl: options.cache_lock_download_ttl,
+        negative_ttl: options.cache_negative_narinfo_ttl,
         ..CacheOptions::default()
     };
     let cache = Cache::new(storage, lock, db, upstreams, signing_key, cache_options);

@@ -28,6 +28,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cache.secret-key-path", "CACHE_SECRET_KEY_PATH"),
     ("cache.sign-narinfo", "CACHE_SIGN_NARINFO"),
     ("cache.lock.download-lock-ttl", "CACHE_LOCK_DOWNLOAD_TTL"),
+    ("cache.negative-narinfo-ttl", "CACHE_NEGATIVE_NARINFO_TTL"),
     ("log.level", "LOG_LEVEL"),
 ];
 

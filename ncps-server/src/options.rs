@@ -109,6 +109,11 @@ pub struct ServeOptions {
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub cache_sign_narinfo: bool,
 
+    /// How long a narinfo that no upstream has is answered 404 without asking
+    /// the upstreams again; 0 turns this off.
+    #[arg(long, env = "CACHE_NEGATIVE_NARINFO_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub cache_negative_narinfo_ttl: Duration,
+
     /// How long one instance may hold a download lock.
     #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = parse_duration)]
     pub cache_lock_download_ttl: Duration,

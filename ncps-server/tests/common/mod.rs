@@ -3,10 +3,13 @@
 //! - [`require_tool`] / [`require_nix`]: skip loudly when an external tool is
 //!   missing (fatal with `NCPS_TEST_REQUIRE_ALL=1`).
 //! - [`nix_fixture`]: a Nix closure built once per test process and copied
-//!   into signed binary cache directories (xz, zstd, none, plus a
+//!   into signed binary cache directories (xz, zstd, bzip2, none, plus a
 //!   wrong-signature cache).
 //! - [`StaticServer`]: a tiny static HTTP upstream that counts requests and can
-//!   be stopped; [`HangingUpstream`]: accepts TCP connections, never answers.
+//!   be stopped; [`RouteServer`]: the same, but answering from a map of
+//!   request path-and-query to [`Route`] (body plus extra headers), for
+//!   upstreams of other shapes; [`HangingUpstream`]: accepts TCP connections,
+//!   never answers.
 //! - [`Proxy`]: the `ncps-server` binary on a free loopback port.
 //! - [`nix_copy_from`]: `nix copy --from <proxy>` into a fresh chroot store.
 #![allow(dead_code)]
@@ -116,6 +119,35 @@ pub fn narinfo_fields(narinfo: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// `narinfo` with `key` set to `value` in place (appended when absent), or
+/// every `key` line removed when `value` is `None`. Other lines keep their
+/// order. Rewriting `URL`, `Compression`, `FileHash` or `FileSize` keeps the
+/// signatures valid (they are not in the fingerprint).
+pub fn narinfo_with(narinfo: &str, key: &str, value: Option<&str>) -> String {
+    let prefix = format!("{key}:");
+    let mut out = String::new();
+    let mut done = false;
+    for line in narinfo.lines() {
+        if line.starts_with(&prefix) {
+            if let Some(v) = value
+                && !done
+            {
+                out.push_str(&format!("{key}: {v}\n"));
+                done = true;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if let Some(v) = value
+        && !done
+    {
+        out.push_str(&format!("{key}: {v}\n"));
+    }
+    out
+}
+
 /// Percent-encode a string for use as a URL query value.
 pub fn query_escape(s: &str) -> String {
     let mut out = String::new();
@@ -197,17 +229,24 @@ pub struct KeyPair {
 pub enum Compression {
     Xz,
     Zstd,
+    Bzip2,
     None,
 }
 
 impl Compression {
-    pub const ALL: [Compression; 3] = [Compression::Xz, Compression::Zstd, Compression::None];
+    pub const ALL: [Compression; 4] = [
+        Compression::Xz,
+        Compression::Zstd,
+        Compression::Bzip2,
+        Compression::None,
+    ];
 
     /// The value of `?compression=`.
     pub fn as_str(self) -> &'static str {
         match self {
             Compression::Xz => "xz",
             Compression::Zstd => "zstd",
+            Compression::Bzip2 => "bzip2",
             Compression::None => "none",
         }
     }
@@ -217,6 +256,7 @@ impl Compression {
         match self {
             Compression::Xz => ".nar.xz",
             Compression::Zstd => ".nar.zst",
+            Compression::Bzip2 => ".nar.bz2",
             Compression::None => ".nar",
         }
     }
@@ -240,6 +280,7 @@ pub struct NixFixture {
     /// Binary caches (file:// layout) of the closure, signed by `upstream_key`.
     pub cache_xz: PathBuf,
     pub cache_zstd: PathBuf,
+    pub cache_bzip2: PathBuf,
     pub cache_none: PathBuf,
     /// A small store path signed ONLY by `wrong_key`...
     pub bad_path: String,
@@ -259,6 +300,7 @@ impl NixFixture {
         match c {
             Compression::Xz => &self.cache_xz,
             Compression::Zstd => &self.cache_zstd,
+            Compression::Bzip2 => &self.cache_bzip2,
             Compression::None => &self.cache_none,
         }
     }
@@ -397,9 +439,11 @@ fn build_fixture() -> NixFixture {
     };
     let cache_xz = dir.join("cache-xz");
     let cache_zstd = dir.join("cache-zstd");
+    let cache_bzip2 = dir.join("cache-bzip2");
     let cache_none = dir.join("cache-none");
     copy_to(&cache_xz, "xz", &closure);
     copy_to(&cache_zstd, "zstd", &closure);
+    copy_to(&cache_bzip2, "bzip2", &closure);
     copy_to(&cache_none, "none", &closure);
 
     // The bad-signature path: signed only by the wrong key.
@@ -420,6 +464,7 @@ fn build_fixture() -> NixFixture {
         closure,
         cache_xz,
         cache_zstd,
+        cache_bzip2,
         cache_none,
         bad_path,
         bad_cache,
@@ -450,28 +495,29 @@ fn build_fixture() -> NixFixture {
 }
 
 // ---------------------------------------------------------------------------
-// Static HTTP upstream
+// Static HTTP upstreams
 // ---------------------------------------------------------------------------
 
 type Hits = Arc<Mutex<HashMap<String, usize>>>;
 
-/// A tiny static file server on 127.0.0.1 that counts requests per path.
-pub struct StaticServer {
+type BoxedAnswer = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>,
+>;
+type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxedAnswer + Send + Sync>;
+
+/// The accept loop shared by [`StaticServer`] and [`RouteServer`]: a loopback
+/// HTTP/1.1 server that can be stopped (listener and open connections closed).
+struct LoopbackServer {
     addr: SocketAddr,
-    hits: Hits,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl StaticServer {
-    /// Serve the files under `root` (GET and HEAD) on a free loopback port.
-    pub async fn start(root: impl Into<PathBuf>) -> StaticServer {
-        let root = Arc::new(root.into());
+impl LoopbackServer {
+    async fn start(handler: Handler) -> LoopbackServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hits: Hits = Arc::default();
         let (shutdown, mut rx) = tokio::sync::watch::channel(false);
-        let task_hits = hits.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -479,12 +525,9 @@ impl StaticServer {
                     _ = rx.changed() => break,
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
-                        let root = root.clone();
-                        let hits = task_hits.clone();
+                        let handler = handler.clone();
                         conns.spawn(async move {
-                            let svc = service_fn(move |req| {
-                                serve_static(root.clone(), hits.clone(), req)
-                            });
+                            let svc = service_fn(move |req| handler(req));
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .await;
@@ -498,21 +541,91 @@ impl StaticServer {
             conns.abort_all();
             while conns.join_next().await.is_some() {}
         });
-        StaticServer {
+        LoopbackServer {
             addr,
-            hits,
             shutdown,
             task: Some(task),
         }
     }
 
+    async fn stop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn count_hit(hits: &Hits, key: String) {
+    *hits.lock().unwrap().entry(key).or_default() += 1;
+}
+
+fn hits_with_prefix(hits: &Hits, prefix: &str) -> usize {
+    hits.lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p.starts_with(prefix))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn status_only(s: StatusCode) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(s)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// The content type a binary cache serves for the file `rel` (relative to
+/// the cache root, no leading slash).
+fn cache_content_type(rel: &str) -> &'static str {
+    if rel.ends_with(".narinfo") {
+        "text/x-nix-narinfo"
+    } else if rel == "nix-cache-info" {
+        "text/x-nix-cache-info"
+    } else if rel.starts_with("nar/") {
+        "application/x-nix-nar"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+/// A tiny static file server on 127.0.0.1 that counts requests per path.
+pub struct StaticServer {
+    server: LoopbackServer,
+    hits: Hits,
+}
+
+impl StaticServer {
+    /// Serve the files under `root` (GET and HEAD) on a free loopback port.
+    pub async fn start(root: impl Into<PathBuf>) -> StaticServer {
+        let root = Arc::new(root.into());
+        let hits: Hits = Arc::default();
+        let task_hits = hits.clone();
+        let handler: Handler =
+            Arc::new(move |req| Box::pin(serve_static(root.clone(), task_hits.clone(), req)));
+        StaticServer {
+            server: LoopbackServer::start(handler).await,
+            hits,
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     /// `http://127.0.0.1:PORT` (no trailing slash).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr)
     }
 
     /// Requests seen for exactly this request path (e.g. `/nar/x.nar.xz`).
@@ -532,31 +645,13 @@ impl StaticServer {
 
     /// Requests seen for paths starting with `prefix`.
     pub fn hits_with_prefix(&self, prefix: &str) -> usize {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p.starts_with(prefix))
-            .map(|(_, n)| n)
-            .sum()
+        hits_with_prefix(&self.hits, prefix)
     }
 
     /// Stop serving: the listener is closed (connections are refused) and all
     /// open connections are dropped before this returns.
     pub async fn stop(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for StaticServer {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.server.stop().await;
     }
 }
 
@@ -566,13 +661,7 @@ async fn serve_static(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-    let status_only = |s: StatusCode| {
-        Response::builder()
-            .status(s)
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
+    count_hit(&hits, path.clone());
     let is_head = req.method() == Method::HEAD;
     if !is_head && req.method() != Method::GET {
         return Ok(status_only(StatusCode::METHOD_NOT_ALLOWED));
@@ -589,15 +678,7 @@ async fn serve_static(
         Ok(d) => d,
         Err(_) => return Ok(status_only(StatusCode::NOT_FOUND)),
     };
-    let content_type = if rel.ends_with(".narinfo") {
-        "text/x-nix-narinfo"
-    } else if rel == "nix-cache-info" {
-        "text/x-nix-cache-info"
-    } else if rel.starts_with("nar/") {
-        "application/x-nix-nar"
-    } else {
-        "application/octet-stream"
-    };
+    let content_type = cache_content_type(rel);
     let len = data.len();
     let body = if is_head {
         Bytes::new()
@@ -610,6 +691,174 @@ async fn serve_static(
         .header("content-length", len)
         .body(Full::new(body))
         .unwrap())
+}
+
+/// One answer of a [`RouteServer`]: a 200 with this body, content type and
+/// any extra response headers (e.g. `Content-Encoding`). `Content-Length` is
+/// always the length of `body` as sent.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub body: Bytes,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Route {
+    /// `body` with content type `content_type` and no extra headers.
+    pub fn new(body: impl Into<Bytes>, content_type: &str) -> Route {
+        Route {
+            body: body.into(),
+            content_type: content_type.to_string(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A NAR file (`application/x-nix-nar`).
+    pub fn nar(body: impl Into<Bytes>) -> Route {
+        Route::new(body, "application/x-nix-nar")
+    }
+
+    /// A narinfo (`text/x-nix-narinfo`).
+    pub fn narinfo(text: impl Into<String>) -> Route {
+        Route::new(text.into(), "text/x-nix-narinfo")
+    }
+
+    /// The contents of the file at `path`, typed as a binary cache would type
+    /// `rel` (its path relative to the cache root).
+    pub fn file(path: &Path, rel: &str) -> Route {
+        let body =
+            std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        Route::new(body, cache_content_type(rel))
+    }
+
+    /// Add an extra response header.
+    pub fn header(mut self, name: &str, value: &str) -> Route {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// Routes of a [`RouteServer`], keyed by request path-and-query
+/// (`/nar/blob?id=x`; no query: `/x.narinfo`).
+pub type Routes = HashMap<String, Route>;
+
+/// A route for every file under `root` (recursively), keyed `/<relative path>`,
+/// as [`StaticServer`] would serve them.
+pub fn routes_from_dir(root: &Path) -> Routes {
+    fn walk(root: &Path, dir: &Path, routes: &mut Routes) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                walk(root, &path, routes);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                routes.insert(format!("/{rel}"), Route::file(&path, &rel));
+            }
+        }
+    }
+    let mut routes = Routes::new();
+    walk(root, root, &mut routes);
+    routes
+}
+
+/// A loopback HTTP upstream answering GET and HEAD from a fixed map of request
+/// path-and-query to [`Route`] (anything else: 404). It counts requests by
+/// path-and-query, so `/nar/blob?id=a` and `/nar/blob?id=b` are told apart.
+pub struct RouteServer {
+    server: LoopbackServer,
+    hits: Hits,
+}
+
+impl RouteServer {
+    pub async fn start(routes: Routes) -> RouteServer {
+        let routes = Arc::new(routes);
+        let hits: Hits = Arc::default();
+        let task_hits = hits.clone();
+        let handler: Handler =
+            Arc::new(move |req| Box::pin(serve_route(routes.clone(), task_hits.clone(), req)));
+        RouteServer {
+            server: LoopbackServer::start(handler).await,
+            hits,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    /// Requests seen for exactly this path-and-query.
+    pub fn hits(&self, path_and_query: &str) -> usize {
+        self.hits
+            .lock()
+            .unwrap()
+            .get(path_and_query)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// All requests seen, by path-and-query.
+    pub fn all_hits(&self) -> HashMap<String, usize> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// Total number of requests seen.
+    pub fn total_hits(&self) -> usize {
+        self.hits.lock().unwrap().values().sum()
+    }
+
+    /// Requests seen whose path-and-query starts with `prefix`.
+    pub fn hits_with_prefix(&self, prefix: &str) -> usize {
+        hits_with_prefix(&self.hits, prefix)
+    }
+
+    /// Stop serving (see [`StaticServer::stop`]).
+    pub async fn stop(&mut self) {
+        self.server.stop().await;
+    }
+}
+
+async fn serve_route(
+    routes: Arc<Routes>,
+    hits: Hits,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let key = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    count_hit(&hits, key.clone());
+    let is_head = req.method() == Method::HEAD;
+    if !is_head && req.method() != Method::GET {
+        return Ok(status_only(StatusCode::METHOD_NOT_ALLOWED));
+    }
+    let Some(route) = routes.get(&key) else {
+        return Ok(status_only(StatusCode::NOT_FOUND));
+    };
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", &route.content_type)
+        .header("content-length", route.body.len());
+    for (name, value) in &route.headers {
+        resp = resp.header(name, value);
+    }
+    let body = if is_head {
+        Bytes::new()
+    } else {
+        route.body.clone()
+    };
+    Ok(resp.body(Full::new(body)).unwrap())
 }
 
 /// An "upstream" that accepts TCP connections (kernel backlog) but never reads
@@ -920,6 +1169,113 @@ pub async fn raw_request(addr: SocketAddr, method: &str, path: &str) -> u16 {
     tokio::time::timeout(Duration::from_secs(30), fut)
         .await
         .unwrap_or_else(|_| panic!("{method} {path}: no answer within 30 s"))
+}
+
+/// A response read by [`raw_get`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lower-cased, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The body with any chunked transfer coding removed, but NOT
+    /// content-decoded: the bytes exactly as the server meant them.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path_and_query` over a fresh HTTP/1.1 connection to `addr`, sending no
+/// `Accept-Encoding` (plus `extra_headers`), so nothing decodes the body
+/// behind the test's back (bounded by 60 s).
+pub async fn raw_get(
+    addr: SocketAddr,
+    path_and_query: &str,
+    extra_headers: &[(&str, &str)],
+) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req =
+            format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (n, v) in extra_headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        buf
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path_and_query}: no complete answer within 60 s"));
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no HTTP header end in answer to GET {path_and_query}: {:?}",
+                String::from_utf8_lossy(&buf)
+            )
+        });
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("bad status line in answer to GET {path_and_query}: {head:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let raw_body = &buf[head_end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        dechunk(raw_body)
+            .unwrap_or_else(|e| panic!("bad chunked body in answer to GET {path_and_query}: {e}"))
+    } else {
+        raw_body.to_vec()
+    };
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Remove HTTP/1.1 chunked transfer coding.
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunk size line not terminated")?;
+        let line = std::str::from_utf8(&data[..line_end]).map_err(|e| e.to_string())?;
+        let size_hex = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16).map_err(|e| format!("{line:?}: {e}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            return Err(format!("chunk of {size} bytes truncated"));
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
 }
 
 // ---------------------------------------------------------------------------
