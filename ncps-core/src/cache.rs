@@ -146,6 +146,23 @@ impl Cache {
         }
     }
 
+    /// Checks every upstream's health now; see [`Upstream::check_health`].
+    pub async fn check_upstreams(&self) {
+        futures::future::join_all(self.inner.upstreams.iter().map(Upstream::check_health)).await;
+    }
+
+    /// Checks every upstream's health every `interval`, in the background,
+    /// so an upstream that went down is used again as soon as it is back.
+    pub fn spawn_health_checks(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                cache.check_upstreams().await;
+            }
+        })
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
         self.inner.db.ping().await
@@ -189,7 +206,16 @@ impl Cache {
     /// Asks the upstreams in order; keeps and returns the first valid answer.
     async fn pull_narinfo(&self, hash: &StorePathHash) -> Result<Option<String>> {
         let mut failures = Vec::new();
-        for upstream in &self.inner.upstreams {
+        let healthy: Vec<&Upstream> = self
+            .inner
+            .upstreams
+            .iter()
+            .filter(|u| u.is_healthy())
+            .collect();
+        if healthy.is_empty() && !self.inner.upstreams.is_empty() {
+            return Err(Error::Unavailable("every upstream is down".into()));
+        }
+        for upstream in healthy {
             match upstream.narinfo(hash).await {
                 Ok(None) => continue,
                 Ok(Some(info)) => match self.keep_narinfo(upstream, info).await {

@@ -50,6 +50,7 @@ pub mod nar_file;
 pub mod nar_verify;
 pub mod narinfo;
 pub mod negative_cache;
+pub mod netrc;
 pub mod nix32;
 pub mod signing;
 pub mod storage;

@@ -32,24 +32,27 @@ impl Debug for StoredObject {
 /// The `len` bytes of `body` from `offset` on.
 pub fn slice(body: ByteStream, offset: u64, len: u64) -> ByteStream {
     let state = (body, offset, len);
-    Box::pin(futures::stream::unfold(state, |(mut body, mut skip, mut left)| async move {
-        while left > 0 {
-            let mut chunk = match body.next().await? {
-                Ok(chunk) => chunk,
-                Err(e) => return Some((Err(e), (body, 0, 0))),
-            };
-            if skip >= chunk.len() as u64 {
-                skip -= chunk.len() as u64;
-                continue;
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut body, mut skip, mut left)| async move {
+            while left > 0 {
+                let mut chunk = match body.next().await? {
+                    Ok(chunk) => chunk,
+                    Err(e) => return Some((Err(e), (body, 0, 0))),
+                };
+                if skip >= chunk.len() as u64 {
+                    skip -= chunk.len() as u64;
+                    continue;
+                }
+                let _ = chunk.split_to(skip as usize);
+                skip = 0;
+                chunk.truncate(left.min(chunk.len() as u64) as usize);
+                left -= chunk.len() as u64;
+                return Some((Ok(chunk), (body, skip, left)));
             }
-            let _ = chunk.split_to(skip as usize);
-            skip = 0;
-            chunk.truncate(left.min(chunk.len() as u64) as usize);
-            left -= chunk.len() as u64;
-            return Some((Ok(chunk), (body, skip, left)));
-        }
-        None
-    }))
+            None
+        },
+    ))
 }
 
 /// Byte storage for NARs, addressed by keys such as `nar/<hash>.nar.xz`.
@@ -94,9 +97,19 @@ mod tests {
     #[tokio::test]
     async fn slices_across_chunks() {
         let data: Vec<u8> = (0..100).collect();
-        for (offset, len) in [(0, 100), (5, 10), (9, 2), (95, 50), (100, 5), (0, 0), (33, 1)] {
-            let chunks: Vec<io::Result<Bytes>> =
-                data.chunks(10).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        for (offset, len) in [
+            (0, 100),
+            (5, 10),
+            (9, 2),
+            (95, 50),
+            (100, 5),
+            (0, 0),
+            (33, 1),
+        ] {
+            let chunks: Vec<io::Result<Bytes>> = data
+                .chunks(10)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
             let body: ByteStream = Box::pin(futures::stream::iter(chunks));
             let got: Vec<u8> = slice(body, offset, len)
                 .map(|c| c.unwrap().to_vec())

@@ -5,12 +5,14 @@
 //! priority order, and an error from one moves on to the next.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use reqwest::StatusCode;
 use url::Url;
 
+use crate::netrc::{Login, Netrc};
 use crate::{ByteStream, CacheInfo, Error, NarInfo, PublicKey, Result, StorePathHash};
 
 /// The priority of an upstream whose URL and nix-cache-info give none (Nix's default).
@@ -28,6 +30,8 @@ pub struct UpstreamOptions {
     pub response_header_timeout: Duration,
     /// The longest a single read of a response body may wait.
     pub read_timeout: Duration,
+    /// Logins for upstream hosts without credentials of their own.
+    pub netrc: Option<Arc<Netrc>>,
 }
 
 impl Default for UpstreamOptions {
@@ -36,6 +40,7 @@ impl Default for UpstreamOptions {
             dial_timeout: Duration::from_secs(3),
             response_header_timeout: Duration::from_secs(3),
             read_timeout: Duration::from_secs(30),
+            netrc: None,
         }
     }
 }
@@ -49,14 +54,54 @@ pub struct UpstreamConfig {
     pub priority: Option<u32>,
     /// Keys trusted for narinfos from this upstream only.
     pub public_keys: Vec<PublicKey>,
+    /// How to authenticate to it, if at all.
+    pub auth: Option<Auth>,
+}
+
+/// Credentials for a private upstream. Debug output never shows secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// HTTP basic auth (from the URL's user info or a netrc file).
+    Basic(Login),
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Basic(login) => write!(f, "Basic({login:?})"),
+            Auth::Bearer(_) => f.write_str("Bearer(<token>)"),
+        }
+    }
 }
 
 impl UpstreamConfig {
-    /// Parses an upstream URL. `?priority=N` sets its priority and each
-    /// `?public-key=name:base64` binds a key to it; both are removed from the URL.
-    pub fn parse(s: &str) -> Result<Self> {
+    /// Parses an upstream URL. `?priority=N` sets its priority, each
+    /// `?public-key=name:base64` binds a key to it, and
+    /// `?bearer-token-file=PATH` sends the token in that file; user info
+    /// (`https://user:pass@host`) is basic auth. All are removed from the URL,
+    /// so it can be logged.
+    pub fn parse(raw: &str) -> Result<Self> {
+        // Only the redacted form goes into messages.
+        let s = &redact_userinfo(raw);
         let mut url =
-            Url::parse(s).map_err(|e| Error::InvalidInput(format!("upstream URL {s:?}: {e}")))?;
+            Url::parse(raw).map_err(|e| Error::InvalidInput(format!("upstream URL {s:?}: {e}")))?;
+        let mut auth = None;
+        if !url.username().is_empty() {
+            let decode = |v: &str| {
+                url::form_urlencoded::parse(format!("x={}", v.replace('+', "%2B")).as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            auth = Some(Auth::Basic(Login {
+                login: decode(url.username()),
+                password: decode(url.password().unwrap_or("")),
+            }));
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::InvalidInput(format!(
                 "upstream URL {s:?}: only http and https are supported"
@@ -75,6 +120,14 @@ impl UpstreamConfig {
                     })?)
                 }
                 "public-key" => public_keys.push(value.parse()?),
+                "bearer-token-file" => {
+                    let token = std::fs::read_to_string(&*value).map_err(|e| {
+                        Error::InvalidInput(format!(
+                            "upstream URL {s:?}: bearer-token-file {value}: {e}"
+                        ))
+                    })?;
+                    auth = Some(Auth::Bearer(token.trim().to_owned()));
+                }
                 _ => rest.push((key.into_owned(), value.into_owned())),
             }
         }
@@ -91,9 +144,35 @@ impl UpstreamConfig {
             url,
             priority,
             public_keys,
+            auth,
         })
     }
 }
+
+/// `s` with any password in its user info replaced, for error messages.
+fn redact_userinfo(s: &str) -> String {
+    match Url::parse(s) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("REDACTED"));
+            url.to_string()
+        }
+        Ok(_) => s.to_owned(),
+        Err(_) => match (s.find("://"), s.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}REDACTED{}", &s[..scheme + 3], &s[at..])
+            }
+            _ => s.to_owned(),
+        },
+    }
+}
+
+/// How long an upstream that failed is skipped before it is tried again,
+/// unless a health check finds it back sooner.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+
+/// How often a failed connection is retried, and the first pause between tries.
+const RETRIES: u32 = 2;
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A NAR body from an upstream.
 pub struct UpstreamNar {
@@ -111,6 +190,8 @@ pub struct Upstream {
     public_keys: Vec<PublicKey>,
     client: reqwest::Client,
     options: UpstreamOptions,
+    auth: Option<Auth>,
+    down_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -119,6 +200,7 @@ impl fmt::Debug for Upstream {
             .field("url", &self.url.as_str())
             .field("priority", &self.priority)
             .field("public_keys", &self.public_keys)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -139,12 +221,21 @@ impl Upstream {
             .user_agent(concat!("ncps-rs/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::backend("building the upstream HTTP client", e))?;
+        let auth = config.auth.or_else(|| {
+            let netrc = options.netrc.as_ref()?;
+            netrc
+                .login_for(config.url.host_str()?)
+                .cloned()
+                .map(Auth::Basic)
+        });
         Ok(Upstream {
             url: config.url,
             priority: config.priority.unwrap_or(DEFAULT_PRIORITY),
             public_keys: config.public_keys,
             client,
             options,
+            auth,
+            down_until: Arc::default(),
         })
     }
 
@@ -161,6 +252,41 @@ impl Upstream {
     /// The keys trusted for it.
     pub fn public_keys(&self) -> &[PublicKey] {
         &self.public_keys
+    }
+
+    /// Whether requests go to this upstream now: false for a while after it failed.
+    pub fn is_healthy(&self) -> bool {
+        let down = self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        down.is_none_or(|until| until <= Instant::now())
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        let mut down = self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let was_healthy = down.is_none_or(|until| until <= Instant::now());
+        *down = (!healthy).then(|| Instant::now() + DOWN_FOR);
+        if was_healthy != healthy {
+            if healthy {
+                tracing::info!(upstream = %self.url, "upstream is back");
+            } else {
+                tracing::warn!(upstream = %self.url, "upstream is down; skipping it for {DOWN_FOR:?}");
+            }
+        }
+    }
+
+    /// Asks for the upstream's nix-cache-info and records whether it
+    /// answered (a 404 is an answer; an error or a 5xx is not).
+    pub async fn check_health(&self) -> bool {
+        match self.join("nix-cache-info") {
+            // `get` records the outcome.
+            Ok(url) => self.get(url).await.is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// Sets the priority from the upstream's nix-cache-info when the URL gave
@@ -246,26 +372,55 @@ impl Upstream {
             .map_err(|e| Error::InvalidInput(format!("{path:?} relative to {}: {e}", self.url)))
     }
 
-    /// GET with the response-header timeout; 404 and 403 are `None`.
+    /// GET with the response-header timeout and retries of failed
+    /// connections; 404 and 403 are `None`. A failure marks the upstream down.
     async fn get(&self, url: Url) -> Result<Option<reqwest::Response>> {
+        let result = self.get_with_retries(url).await;
+        match &result {
+            Err(Error::Unavailable(_)) => self.set_healthy(false),
+            Ok(_) => self.set_healthy(true),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn get_with_retries(&self, url: Url) -> Result<Option<reqwest::Response>> {
         let shown = url.to_string();
-        let sent = tokio::time::timeout(
-            self.options.response_header_timeout,
-            self.client.get(url).send(),
-        );
-        let response = match sent.await {
-            Err(_) => {
-                return Err(Error::Unavailable(format!(
-                    "{shown}: no response within {:?}",
-                    self.options.response_header_timeout
-                )));
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0;
+        let response = loop {
+            let mut request = self.client.get(url.clone());
+            request = match &self.auth {
+                Some(Auth::Basic(login)) => request.basic_auth(&login.login, Some(&login.password)),
+                Some(Auth::Bearer(token)) => request.bearer_auth(token),
+                None => request,
+            };
+            let sent = tokio::time::timeout(self.options.response_header_timeout, request.send());
+            match sent.await {
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "{shown}: no response within {:?}",
+                        self.options.response_header_timeout
+                    )));
+                }
+                Ok(Err(e)) if attempt < RETRIES && is_transient(&e) => {
+                    tracing::debug!(url = %shown, error = %e.without_url(), "retrying");
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 4;
+                }
+                Ok(Err(e)) => {
+                    return Err(Error::Unavailable(format!("{shown}: {}", e.without_url())));
+                }
+                Ok(Ok(response)) => break response,
             }
-            Ok(Err(e)) => return Err(Error::Unavailable(format!("{shown}: {}", e.without_url()))),
-            Ok(Ok(response)) => response,
         };
         match response.status() {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => Ok(None),
             s if s.is_success() => Ok(Some(response)),
+            StatusCode::UNAUTHORIZED => Err(Error::Unavailable(format!(
+                "{shown}: HTTP 401: the upstream wants credentials (netrc file or bearer-token-file)"
+            ))),
             s => Err(Error::Unavailable(format!("{shown}: HTTP {s}"))),
         }
     }
@@ -292,6 +447,35 @@ impl Upstream {
             .map(Some)
             .map_err(|_| Error::InvalidInput(format!("{shown}: body is not UTF-8")))
     }
+}
+
+/// Whether a request failed in a way worth one more try: the connection
+/// could not be made, or was reset before an answer came.
+fn is_transient(e: &reqwest::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        if let Some(hyper) = s.downcast_ref::<hyper::Error>()
+            && hyper.is_incomplete_message()
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Builds upstreams from plain URLs and keys given the ncps way.

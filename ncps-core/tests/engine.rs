@@ -271,5 +271,7 @@ async fn a_failed_upstream_is_not_remembered_as_a_miss() {
     upstream.put(&narinfo, StatusCode::SERVICE_UNAVAILABLE, "busy");
     assert!(s.cache.narinfo(&f.hash()).await.is_err());
     f.publish(&upstream, &f.nar);
+    // The failed upstream is skipped until a health check finds it back.
+    s.cache.check_upstreams().await;
     assert!(s.cache.narinfo(&f.hash()).await.unwrap().is_some());
 }

@@ -3,11 +3,32 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ncps_core::netrc::Netrc;
 use ncps_core::upstream::{Upstream, UpstreamConfig, UpstreamOptions, bind_keys};
 use ncps_core::{Cache, CacheOptions, Error, Lock, MetadataDb, Result, SigningKey, Storage};
 
 use crate::options::{DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_KEY, ServeOptions};
 use crate::service::AppState;
+
+/// How often every upstream's nix-cache-info is checked.
+const HEALTH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The netrc file of `--netrc-file`, or `~/.netrc` when it exists.
+fn read_netrc(path: Option<&Path>) -> Result<Option<Netrc>> {
+    let (path, explicit) = match path {
+        Some(path) => (path.to_owned(), true),
+        None => match std::env::var_os("HOME") {
+            Some(home) => (PathBuf::from(home).join(".netrc"), false),
+            None => return Ok(None),
+        },
+    };
+    if !explicit && !path.exists() {
+        return Ok(None);
+    }
+    Netrc::read(&path)
+        .map(Some)
+        .map_err(|e| invalid("--netrc-file", e))
+}
 
 /// The data directory used when `--cache-storage-local` is not given.
 pub fn default_data_dir() -> PathBuf {
@@ -118,6 +139,7 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
     let upstream_options = UpstreamOptions {
         dial_timeout: options.cache_upstream_dialer_timeout,
         response_header_timeout: options.cache_upstream_response_header_timeout,
+        netrc: read_netrc(options.netrc_file.as_deref())?.map(Arc::new),
         ..UpstreamOptions::default()
     };
     let configs = urls
@@ -165,6 +187,7 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
         ..CacheOptions::default()
     };
     let cache = Cache::new(storage, lock, db, upstreams, signing_key, cache_options);
+    cache.spawn_health_checks(HEALTH_CHECK_INTERVAL);
     tracing::info!(public_key = %cache.public_key(), data_dir = %data_dir.display(), "cache ready");
     Ok(AppState { cache, hostname })
 }

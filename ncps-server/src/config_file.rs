@@ -26,6 +26,7 @@ pub const KEYS: &[(&str, &str)] = &[
         "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT",
     ),
     ("cache.secret-key-path", "CACHE_SECRET_KEY_PATH"),
+    ("cache.netrc-file", "NETRC_FILE"),
     ("cache.sign-narinfo", "CACHE_SIGN_NARINFO"),
     ("cache.lock.download-lock-ttl", "CACHE_LOCK_DOWNLOAD_TTL"),
     ("cache.negative-narinfo-ttl", "CACHE_NEGATIVE_NARINFO_TTL"),

@@ -91,6 +91,10 @@ pub struct ServeOptions {
     )]
     pub cache_upstream_public_keys: Vec<String>,
 
+    /// A netrc file with logins for private upstreams (default: `~/.netrc` if it exists).
+    #[arg(long, env = "NETRC_FILE")]
+    pub netrc_file: Option<PathBuf>,
+
     /// How long connecting to an upstream may take.
     #[arg(long, env = "CACHE_UPSTREAM_DIALER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub cache_upstream_dialer_timeout: Duration,

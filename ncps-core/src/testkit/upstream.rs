@@ -22,6 +22,7 @@ pub struct TestUpstream {
     pub url: String,
     files: Files,
     hits: Arc<Mutex<HashMap<String, usize>>>,
+    authorization: Arc<Mutex<Option<String>>>,
 }
 
 impl TestUpstream {
@@ -31,20 +32,30 @@ impl TestUpstream {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let files: Files = Arc::default();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let (f, h) = (files.clone(), hits.clone());
+        let authorization: Arc<Mutex<Option<String>>> = Arc::default();
+        let (f, h, a) = (files.clone(), hits.clone(), authorization.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (f, h) = (f.clone(), h.clone());
+                let (f, h, a) = (f.clone(), h.clone(), a.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                         let path = request.uri().path().to_owned();
                         *h.lock().unwrap().entry(path.clone()).or_default() += 1;
-                        let (status, body) = f
-                            .lock()
-                            .unwrap()
-                            .get(&path)
-                            .cloned()
-                            .unwrap_or((StatusCode::NOT_FOUND, Bytes::new()));
+                        let wanted = a.lock().unwrap().clone();
+                        let given = request
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok());
+                        let denied = wanted.is_some_and(|w| given != Some(w.as_str()));
+                        let (status, body) = if denied {
+                            (StatusCode::UNAUTHORIZED, Bytes::new())
+                        } else {
+                            f.lock()
+                                .unwrap()
+                                .get(&path)
+                                .cloned()
+                                .unwrap_or((StatusCode::NOT_FOUND, Bytes::new()))
+                        };
                         let mut response = Response::new(Full::new(body));
                         *response.status_mut() = status;
                         async move { Ok::<_, Infallible>(response) }
@@ -57,7 +68,12 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { url, files, hits }
+        TestUpstream {
+            url,
+            files,
+            hits,
+            authorization,
+        }
     }
 
     /// An upstream at an address that refuses connections.
@@ -71,6 +87,7 @@ impl TestUpstream {
             url: format!("http://127.0.0.1:{port}"),
             files: Arc::default(),
             hits: Arc::default(),
+            authorization: Arc::default(),
         }
     }
 
@@ -80,6 +97,11 @@ impl TestUpstream {
             .lock()
             .unwrap()
             .insert(path.to_owned(), (status, body.into()));
+    }
+
+    /// Answers 401 to requests without exactly this `Authorization` header.
+    pub fn require_authorization(&self, value: &str) {
+        *self.authorization.lock().unwrap() = Some(value.to_owned());
     }
 
     /// How many requests `path` has had.
