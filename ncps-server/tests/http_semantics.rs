@@ -271,3 +271,43 @@ async fn expect_100_continue_is_answered_at_once() {
         "{answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_upstream_through_netrc_file_without_leaking_it() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("private", 1000, &key);
+    f.publish(&upstream, &f.nar);
+    upstream.require_authorization("Basic YWxpY2U6c2VjcmV0LXB3"); // alice:secret-pw
+    let dir = tempfile::tempdir().unwrap();
+    let public = key.public_key().to_string();
+
+    for (password, status) in [("secret-pw", 200), ("wrong-pw", 502)] {
+        let netrc = dir.path().join(format!("netrc-{password}"));
+        std::fs::write(
+            &netrc,
+            format!("machine 127.0.0.1 login alice password {password}\n"),
+        )
+        .unwrap();
+        let mut config = ProxyConfig::new(upstream.url.clone(), &[&public]);
+        config.extra_args = vec![
+            "--netrc-file".into(),
+            netrc.display().to_string(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        let proxy = Proxy::start(config).await;
+        let response = client()
+            .get(format!("{}/{}.narinfo", proxy.url(), f.hash()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "password {password}");
+        let body = response.text().await.unwrap();
+        assert!(!body.contains(password), "{body}");
+        assert!(
+            !proxy.log().contains(password),
+            "the log shows the password"
+        );
+    }
+}
