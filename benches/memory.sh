@@ -146,10 +146,15 @@ wait_http "http://127.0.0.1:$UP_PORT/nix-cache-info" "$HTTP_PID" || {
 PROXY_PORT=$(free_port)
 PROXY="http://127.0.0.1:$PROXY_PORT"
 mkdir -p "$WORK/storage"
+# benches/memory-s3.sh sets CACHE_STORAGE_S3_* instead of a local directory.
+STORAGE_ARGS=(--cache-storage-local "$WORK/storage")
+if [ -n "${CACHE_STORAGE_S3_BUCKET:-}" ]; then
+    STORAGE_ARGS=()
+fi
 "$BIN" serve \
     --server-addr "127.0.0.1:$PROXY_PORT" \
     --cache-hostname ncps-bench \
-    --cache-storage-local "$WORK/storage" \
+    "${STORAGE_ARGS[@]}" \
     --cache-database-url "sqlite:$WORK/db.sqlite" \
     --cache-upstream-url "http://127.0.0.1:$UP_PORT" \
     --cache-upstream-public-key "$(cat "$WORK/up.pub")" \

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ncps_core::{NarInfo, PublicKey, SigningKey};
 
+mod db;
+mod storage;
+
 /// Admin commands for an ncps-rs cache.
 #[derive(Debug, Parser)]
 #[command(name = "ncps-cli", version)]
@@ -32,6 +35,22 @@ enum Command {
         /// A trusted public key `name:base64` (repeatable).
         #[arg(long = "public-key")]
         public_keys: Vec<String>,
+    },
+    /// Migrates a metadata database to the current schema (the server also does at start).
+    Migrate {
+        /// The database: `sqlite:/path/db.sqlite`, `postgres://...` or `mysql://...`.
+        #[arg(long, env = "CACHE_DATABASE_URL")]
+        database_url: String,
+    },
+    /// Metadata database tools.
+    Db {
+        #[command(subcommand)]
+        command: db::DbCommand,
+    },
+    /// NAR storage tools.
+    Storage {
+        #[command(subcommand)]
+        command: storage::StorageCommand,
     },
 }
 
@@ -74,6 +93,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 ))
             }
         }
+        Command::Migrate { database_url } => db::migrate(&database_url),
+        Command::Db { command } => db::run(command),
+        Command::Storage { command } => storage::run(command),
     }
 }
 

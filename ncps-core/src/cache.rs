@@ -213,7 +213,7 @@ impl Cache {
             .filter(|u| u.is_healthy())
             .collect();
         if healthy.is_empty() && !self.inner.upstreams.is_empty() {
-            return Err(Error::Unavailable("every upstream is down".into()));
+            return Err(Error::Upstream("every upstream is down".into()));
         }
         for upstream in healthy {
             match upstream.narinfo(hash).await {
@@ -233,7 +233,7 @@ impl Cache {
         }
         match failures.into_iter().next() {
             // An upstream that could not answer may have it: say so rather than "absent".
-            Some(e @ Error::Unavailable(_)) => Err(e),
+            Some(e @ Error::Upstream(_)) => Err(e),
             _ => Ok(None),
         }
     }
@@ -326,7 +326,7 @@ impl Cache {
             .find(|u| url.as_str().starts_with(u.url().as_str()))
         else {
             guard.release().await?;
-            return Err(Error::Unavailable(format!(
+            return Err(Error::Upstream(format!(
                 "no configured upstream serves {url}"
             )));
         };

@@ -17,9 +17,12 @@ pub enum Error {
     /// Bytes or metadata failed a hash, size or signature check.
     #[error("integrity check failed: {0}")]
     Integrity(String),
-    /// A needed service (an upstream, the database, a lock server) cannot answer now; retry later.
+    /// A needed service (the database, storage, a lock server) cannot answer now; retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Every upstream that might have it failed (connection, timeout, HTTP error); retry later.
+    #[error("upstream failed: {0}")]
+    Upstream(String),
     /// The operation conflicts with what is stored (for example an existing object).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -48,7 +51,7 @@ impl Error {
 
     /// Whether retrying the same operation later may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
+        matches!(self, Error::Unavailable(_) | Error::Upstream(_))
     }
 }
 

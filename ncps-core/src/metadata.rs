@@ -72,4 +72,13 @@ pub trait MetadataDb: Send + Sync + Debug {
     async fn set_config_if_absent(&self, key: &str, value: &str) -> Result<String>;
     /// Whether the database answers (for readiness checks).
     async fn ping(&self) -> Result<()>;
+
+    /// Up to `limit` narinfo records whose hash sorts after `after` (from the
+    /// first if `None`), in hash order: pages for copying a whole database.
+    async fn list_narinfos(&self, after: Option<&str>, limit: usize) -> Result<Vec<NarInfoRecord>>;
+    /// Up to `limit` NAR records whose file name sorts after `after` (from
+    /// the first if `None`), in file name order.
+    async fn list_nars(&self, after: Option<&str>, limit: usize) -> Result<Vec<NarRecord>>;
+    /// Every configuration value, as (key, value) in key order.
+    async fn list_config(&self) -> Result<Vec<(String, String)>>;
 }

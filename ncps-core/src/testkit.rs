@@ -158,13 +158,23 @@ pub async fn storage_conformance(storage: &dyn Storage) {
 
     // Ranges: within, across chunk boundaries, past the end, empty.
     let size = large.len() as u64;
-    for (offset, len) in [(0, 10), (1, 70_000), (65_535, 3), (size - 5, 100), (size, 10), (7, 0)] {
+    for (offset, len) in [
+        (0, 10),
+        (1, 70_000),
+        (65_535, 3),
+        (size - 5, 100),
+        (size, 10),
+        (7, 0),
+    ] {
         let object = storage
             .get_range(key, offset, len)
             .await
             .expect("storage: get_range failed")
             .expect("storage: get_range did not find the object");
-        assert_eq!(object.size, size, "storage: get_range size is not the object's");
+        assert_eq!(
+            object.size, size,
+            "storage: get_range size is not the object's"
+        );
         let mut body = object.body;
         let mut got = Vec::new();
         while let Some(chunk) = body.next().await {
@@ -691,5 +701,277 @@ pub async fn metadata_conformance(db: &dyn MetadataDb) {
         "metadata: get_config did not return the first value set"
     );
 
+    metadata_listing(db, &other).await;
     db.ping().await.expect("metadata: ping failed");
+}
+
+/// The listing part of [`metadata_conformance`]: pages in key order, each
+/// record once. `existing` is the one narinfo record the suite left.
+async fn metadata_listing(db: &dyn MetadataDb, existing: &NarInfoRecord) {
+    // Equal-length keys of digits and lower-case letters sort the same in
+    // every collation.
+    let mut narinfos = vec![existing.clone()];
+    for i in 0..5 {
+        let hash = format!("{i}l3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc");
+        let record = narinfo_record(&hash, &format!("{i}list.nar.xz"), 10 + i);
+        db.put_narinfo(&record)
+            .await
+            .expect("metadata: put_narinfo failed");
+        narinfos.push(record);
+    }
+    narinfos.sort_by(|a, b| a.hash.cmp(&b.hash));
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = db
+            .list_narinfos(after.as_deref(), 2)
+            .await
+            .expect("metadata: list_narinfos failed");
+        assert!(
+            page.len() <= 2,
+            "metadata: list_narinfos returned more than the limit"
+        );
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(last.hash.clone());
+        listed.extend(page);
+    }
+    assert_eq!(
+        listed, narinfos,
+        "metadata: list_narinfos pages are not every record once, in hash order"
+    );
+
+    let mut nars = Vec::new();
+    for i in 0..3 {
+        let record = NarRecord {
+            file: format!("{i}l3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc.nar.zst"),
+            compression: "zstd".to_string(),
+            file_hash: None,
+            file_size: Some(i as u64),
+            nar_hash: format!("sha256:list-{i}"),
+            nar_size: 100 + i as u64,
+            upstream_url: None,
+            last_accessed_at: 20,
+        };
+        db.put_nar(&record).await.expect("metadata: put_nar failed");
+        nars.push(record);
+    }
+    assert_eq!(
+        db.list_nars(None, 100)
+            .await
+            .expect("metadata: list_nars failed"),
+        nars,
+        "metadata: list_nars did not return every record in file order"
+    );
+    assert_eq!(
+        db.list_nars(Some(&nars[0].file), 1)
+            .await
+            .expect("metadata: list_nars failed"),
+        nars[1..2].to_vec(),
+        "metadata: list_nars after a file did not start at the next one"
+    );
+    assert_eq!(
+        db.list_config()
+            .await
+            .expect("metadata: list_config failed"),
+        vec![("conformance-key".to_string(), "first".to_string())],
+        "metadata: list_config did not return the one value set"
+    );
+}
+
+/// How many tasks [`metadata_concurrency`] runs at once.
+const CONCURRENT_TASKS: usize = 64;
+
+/// A store path hash for task `task` of the concurrency suite.
+fn concurrency_hash(prefix: char, task: usize) -> String {
+    format!("{prefix}{task:031}")
+}
+
+/// Checks that two instances of a [`MetadataDb`] on the same empty database
+/// (two connection pools, as two servers would have) stay consistent under
+/// [`CONCURRENT_TASKS`] tasks reading and writing the same records at once.
+///
+/// Each task, on one instance or the other, upserts a shared narinfo and a
+/// shared NAR record, rewrites a record of its own and reads it back through
+/// the other instance, touches the shared records, and races for a config
+/// key. Checks: every call succeeds (an upsert that hits a duplicate key or
+/// a deadlock fails), nothing hangs (each task is bounded in time), a write
+/// acknowledged on one instance is read back on the other (no lost update),
+/// shared records are whole rows written by one task (no mix of two), and
+/// all racers for a config key agree on one value.
+///
+/// Run it on a multi-threaded runtime so the tasks really overlap.
+pub async fn metadata_concurrency(a: Arc<dyn MetadataDb>, b: Arc<dyn MetadataDb>) {
+    const ROUNDS: i64 = 4;
+    let shared_hash = concurrency_hash('s', 0);
+    let shared_file = "0concurrency.nar.zst".to_string();
+    let race_key = "concurrency-race-key".to_string();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..CONCURRENT_TASKS {
+        let (db, other) = if task % 2 == 0 {
+            (Arc::clone(&a), Arc::clone(&b))
+        } else {
+            (Arc::clone(&b), Arc::clone(&a))
+        };
+        let shared_hash = shared_hash.clone();
+        let shared_file = shared_file.clone();
+        let race_key = race_key.clone();
+        tasks.spawn(async move {
+            let work = async {
+                let at = 1_700_000_000 + task as i64;
+                // The shared narinfo: whole rows, each naming its writer in two fields.
+                let shared = NarInfoRecord {
+                    hash: shared_hash.clone(),
+                    narinfo: format!("StorePath: /nix/store/{shared_hash}-writer-{task}\n"),
+                    nar_file: format!("{task}.nar"),
+                    created_at: at,
+                    last_accessed_at: at,
+                };
+                db.put_narinfo(&shared).await.unwrap_or_else(|e| {
+                    panic!("concurrency: task {task}: put_narinfo of the shared record failed: {e}")
+                });
+                // The shared NAR record.
+                let nar = NarRecord {
+                    file: shared_file.clone(),
+                    compression: "zstd".to_string(),
+                    file_hash: Some(format!("sha256:file-{task}")),
+                    file_size: Some(task as u64),
+                    nar_hash: format!("sha256:nar-{task}"),
+                    nar_size: task as u64,
+                    upstream_url: Some(format!("https://upstream.invalid/{task}")),
+                    last_accessed_at: at,
+                };
+                db.put_nar(&nar).await.unwrap_or_else(|e| {
+                    panic!("concurrency: task {task}: put_nar of the shared record failed: {e}")
+                });
+                // A record of its own, rewritten and read back through the other pool.
+                let own_hash = concurrency_hash('o', task);
+                for round in 0..ROUNDS {
+                    let own = NarInfoRecord {
+                        hash: own_hash.clone(),
+                        narinfo: format!("StorePath: /nix/store/{own_hash}-round-{round}\n"),
+                        nar_file: format!("{task}-{round}.nar"),
+                        created_at: round,
+                        last_accessed_at: round,
+                    };
+                    db.put_narinfo(&own).await.unwrap_or_else(|e| {
+                        panic!("concurrency: task {task}: put_narinfo of its own record failed: {e}")
+                    });
+                    let read = other.get_narinfo(&own_hash).await.unwrap_or_else(|e| {
+                        panic!("concurrency: task {task}: get_narinfo failed: {e}")
+                    });
+                    assert_eq!(
+                        read,
+                        Some(own),
+                        "concurrency: task {task}: a write acknowledged on one pool was not read back on the other"
+                    );
+                    db.touch_narinfo(&shared_hash, at + round)
+                        .await
+                        .unwrap_or_else(|e| panic!("concurrency: task {task}: touch_narinfo failed: {e}"));
+                    other
+                        .touch_nar(&shared_file, at + round)
+                        .await
+                        .unwrap_or_else(|e| panic!("concurrency: task {task}: touch_nar failed: {e}"));
+                    let shared_now = other.get_narinfo(&shared_hash).await.unwrap_or_else(|e| {
+                        panic!("concurrency: task {task}: get_narinfo of the shared record failed: {e}")
+                    });
+                    assert_shared_narinfo_whole(shared_now.as_ref(), &shared_hash);
+                }
+                // Everyone races for one config key.
+                db.set_config_if_absent(&race_key, &format!("value-{task}"))
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("concurrency: task {task}: set_config_if_absent failed: {e}")
+                    })
+            };
+            match timeout(STEP * 6, work).await {
+                Ok(value) => (task, value),
+                Err(_) => panic!("concurrency: task {task} hung (deadlock or a starved pool?)"),
+            }
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, value)) => winners.push(value),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("concurrency: a task did not finish: {e}"),
+        }
+    }
+
+    let first = winners[0].clone();
+    assert!(
+        winners.iter().all(|v| *v == first),
+        "concurrency: set_config_if_absent racers got different values: {winners:?}"
+    );
+    for db in [&a, &b] {
+        assert_eq!(
+            db.get_config(&race_key)
+                .await
+                .expect("concurrency: get_config failed"),
+            Some(first.clone()),
+            "concurrency: get_config does not return the value every racer got"
+        );
+        for task in 0..CONCURRENT_TASKS {
+            let own = db
+                .get_narinfo(&concurrency_hash('o', task))
+                .await
+                .expect("concurrency: get_narinfo failed")
+                .unwrap_or_else(|| panic!("concurrency: task {task}'s record is gone"));
+            assert_eq!(
+                own.created_at,
+                ROUNDS - 1,
+                "concurrency: task {task}'s last write was lost"
+            );
+        }
+        let shared = db
+            .get_narinfo(&shared_hash)
+            .await
+            .expect("concurrency: get_narinfo failed");
+        assert_shared_narinfo_whole(shared.as_ref(), &shared_hash);
+        let listed = db
+            .list_narinfos(None, 10 * CONCURRENT_TASKS)
+            .await
+            .expect("concurrency: list_narinfos failed");
+        let mut hashes: Vec<&str> = listed.iter().map(|r| r.hash.as_str()).collect();
+        hashes.dedup();
+        assert_eq!(
+            (listed.len(), hashes.len()),
+            (CONCURRENT_TASKS + 1, CONCURRENT_TASKS + 1),
+            "concurrency: expected one row per task and one shared row, no duplicates"
+        );
+        let nar = db
+            .get_nar(&shared_file)
+            .await
+            .expect("concurrency: get_nar failed")
+            .expect("concurrency: the shared NAR record is gone");
+        let writer = nar.nar_size;
+        assert_eq!(
+            (nar.file_hash, nar.file_size, nar.nar_hash, nar.upstream_url),
+            (
+                Some(format!("sha256:file-{writer}")),
+                Some(writer),
+                format!("sha256:nar-{writer}"),
+                Some(format!("https://upstream.invalid/{writer}")),
+            ),
+            "concurrency: the shared NAR record mixes fields of different writers"
+        );
+    }
+}
+
+/// Asserts the shared narinfo of [`metadata_concurrency`] exists and its
+/// `narinfo` and `nar_file` were written by the same task.
+fn assert_shared_narinfo_whole(record: Option<&NarInfoRecord>, hash: &str) {
+    let record = record.expect("concurrency: the shared narinfo record is gone");
+    let writer = record
+        .nar_file
+        .strip_suffix(".nar")
+        .unwrap_or_else(|| panic!("concurrency: unexpected nar_file {:?}", record.nar_file));
+    assert_eq!(
+        record.narinfo,
+        format!("StorePath: /nix/store/{hash}-writer-{writer}\n"),
+        "concurrency: the shared narinfo record mixes fields of different writers"
+    );
 }

@@ -308,7 +308,7 @@ impl Upstream {
         let url = self.join("nix-cache-info")?;
         match self.get_text(url).await? {
             Some(text) => text.parse(),
-            None => Err(Error::Unavailable(format!(
+            None => Err(Error::Upstream(format!(
                 "{} has no nix-cache-info",
                 self.url
             ))),
@@ -377,7 +377,7 @@ impl Upstream {
     async fn get(&self, url: Url) -> Result<Option<reqwest::Response>> {
         let result = self.get_with_retries(url).await;
         match &result {
-            Err(Error::Unavailable(_)) => self.set_healthy(false),
+            Err(Error::Upstream(_)) => self.set_healthy(false),
             Ok(_) => self.set_healthy(true),
             Err(_) => {}
         }
@@ -398,7 +398,7 @@ impl Upstream {
             let sent = tokio::time::timeout(self.options.response_header_timeout, request.send());
             match sent.await {
                 Err(_) => {
-                    return Err(Error::Unavailable(format!(
+                    return Err(Error::Upstream(format!(
                         "{shown}: no response within {:?}",
                         self.options.response_header_timeout
                     )));
@@ -410,7 +410,7 @@ impl Upstream {
                     backoff *= 4;
                 }
                 Ok(Err(e)) => {
-                    return Err(Error::Unavailable(format!("{shown}: {}", e.without_url())));
+                    return Err(Error::Upstream(format!("{shown}: {}", e.without_url())));
                 }
                 Ok(Ok(response)) => break response,
             }
@@ -418,10 +418,10 @@ impl Upstream {
         match response.status() {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => Ok(None),
             s if s.is_success() => Ok(Some(response)),
-            StatusCode::UNAUTHORIZED => Err(Error::Unavailable(format!(
+            StatusCode::UNAUTHORIZED => Err(Error::Upstream(format!(
                 "{shown}: HTTP 401: the upstream wants credentials (netrc file or bearer-token-file)"
             ))),
-            s => Err(Error::Unavailable(format!("{shown}: HTTP {s}"))),
+            s => Err(Error::Upstream(format!("{shown}: HTTP {s}"))),
         }
     }
 
@@ -434,7 +434,7 @@ impl Upstream {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| Error::Unavailable(format!("{shown}: {}", e.without_url())))?
+            .map_err(|e| Error::Upstream(format!("{shown}: {}", e.without_url())))?
         {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_METADATA_LEN {

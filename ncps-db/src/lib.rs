@@ -1,13 +1,50 @@
 //! Metadata database backends for ncps-rs: implementations of
 //! [`ncps_core::MetadataDb`], which keeps narinfo and NAR records, their access
-//! times and the cache's configuration. The `sqlite` feature (on by default)
-//! provides [`SqliteDb`], a SQLite file migrated to the current schema when
-//! opened.
+//! times and the cache's configuration. One cargo feature per backend:
+//!
+//! - `sqlite` (on by default): [`SqliteDb`], a SQLite file;
+//! - `postgres`: [`PostgresDb`], a pool of PostgreSQL connections;
+//! - `mysql`: [`MysqlDb`], a pool of MySQL or MariaDB connections.
+//!
+//! Each migrates its database to the current schema when opened, with
+//! versioned plain-SQL migrations per dialect (`migrations/<dialect>/`)
+//! recorded in a `schema_migrations` table. [`open`] picks the backend by the
+//! URL's scheme; [`copy()`] moves all metadata between any two of them.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> ncps_core::Result<()> {
+//! // `postgres://...` or `mysql://...` work the same, with those features.
+//! let db = ncps_db::open("sqlite::memory:", 0).await?;
+//! let key = db.set_config_if_absent("secret-key", "cache-1:...").await?;
+//! assert_eq!(db.get_config("secret-key").await?, Some(key));
+//!
+//! let moved = ncps_db::open("sqlite::memory:", 0).await?;
+//! let stats = ncps_db::copy(db.as_ref(), moved.as_ref(), 0).await?;
+//! assert_eq!(stats.config, 1);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
+mod copy;
+mod db_url;
+#[cfg(feature = "mysql")]
+mod mysql;
+mod open;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod values;
 
+pub use copy::{CopyStats, DEFAULT_BATCH, copy};
+pub use db_url::redact_url;
+#[cfg(feature = "mysql")]
+pub use mysql::MysqlDb;
+pub use open::open;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresDb;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteDb;

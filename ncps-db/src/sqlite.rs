@@ -2,11 +2,13 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ncps_core::{Error, MetadataDb, NarInfoRecord, NarRecord, Result};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+
+use crate::values::unix_now;
 
 /// The schema migrations, applied in order; each version is applied once.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
@@ -159,14 +161,6 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.commit()?;
     }
     Ok(())
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Maps a SQLite error: busy or locked means retry later, anything else is a backend error.
@@ -365,6 +359,45 @@ impl MetadataDb for SqliteDb {
     async fn ping(&self) -> Result<()> {
         self.call("pinging the database", |conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))
+        })
+        .await
+    }
+
+    async fn list_narinfos(&self, after: Option<&str>, limit: usize) -> Result<Vec<NarInfoRecord>> {
+        let after = after.map(str::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call("listing narinfo records", move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT hash, narinfo, nar_file, created_at, last_accessed_at
+                 FROM narinfos WHERE ?1 IS NULL OR hash > ?1 ORDER BY hash LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![after, limit], narinfo_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn list_nars(&self, after: Option<&str>, limit: usize) -> Result<Vec<NarRecord>> {
+        let after = after.map(str::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call("listing NAR records", move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT file, compression, file_hash, file_size, nar_hash, nar_size,
+                        upstream_url, last_accessed_at
+                 FROM nars WHERE ?1 IS NULL OR file > ?1 ORDER BY file LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![after, limit], nar_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn list_config(&self) -> Result<Vec<(String, String)>> {
+        self.call("listing config values", |conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT key, value FROM config ORDER BY key")?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
         })
         .await
     }

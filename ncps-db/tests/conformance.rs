@@ -1,4 +1,9 @@
-//! Runs the metadata conformance suite on `SqliteDb`, and checks reopening.
+//! Runs the metadata conformance suite and the concurrency case on
+//! `SqliteDb`, and checks reopening.
+
+#![cfg(feature = "sqlite")]
+
+use std::sync::Arc;
 
 use ncps_core::{MetadataDb, NarRecord};
 use ncps_db::SqliteDb;
@@ -14,6 +19,15 @@ async fn sqlite_file_conforms() {
 async fn sqlite_memory_conforms() {
     let db = SqliteDb::open_url(":memory:").expect("open_url");
     ncps_core::testkit::metadata_conformance(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_connections_under_concurrency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db.sqlite");
+    let a = SqliteDb::open(&path).expect("open a");
+    let b = SqliteDb::open(&path).expect("open b");
+    ncps_core::testkit::metadata_concurrency(Arc::new(a), Arc::new(b)).await;
 }
 
 #[tokio::test]

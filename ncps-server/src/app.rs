@@ -58,7 +58,94 @@ fn invalid(option: &str, cause: impl std::fmt::Display) -> Error {
     Error::InvalidInput(format!("{option}: {cause}"))
 }
 
-fn open_storage(dir: &Path) -> Result<Arc<dyn Storage>> {
+/// The S3 options that only mean something with a bucket.
+fn s3_options_given(options: &ServeOptions) -> Option<&'static str> {
+    [
+        (
+            "--cache-storage-s3-endpoint",
+            options.cache_storage_s3_endpoint.is_some(),
+        ),
+        (
+            "--cache-storage-s3-region",
+            options.cache_storage_s3_region.is_some(),
+        ),
+        (
+            "--cache-storage-s3-access-key-id",
+            options.cache_storage_s3_access_key_id.is_some(),
+        ),
+        (
+            "--cache-storage-s3-secret-access-key",
+            options.cache_storage_s3_secret_access_key.is_some(),
+        ),
+        (
+            "--cache-storage-s3-prefix",
+            options.cache_storage_s3_prefix.is_some(),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(name, given)| given.then_some(name))
+}
+
+/// Opens the NAR storage: the S3 bucket when one is given, else the local
+/// directory `dir`. The two exclude each other.
+async fn open_storage(options: &ServeOptions, dir: &Path) -> Result<Arc<dyn Storage>> {
+    match &options.cache_storage_s3_bucket {
+        Some(_) if options.cache_storage_local.is_some() => Err(invalid(
+            "--cache-storage-local",
+            "cannot be used with --cache-storage-s3-bucket: choose one storage",
+        )),
+        Some(bucket) => open_s3_storage(options, bucket).await,
+        None => match s3_options_given(options) {
+            Some(option) => Err(invalid(option, "needs --cache-storage-s3-bucket")),
+            None => open_local_storage(dir),
+        },
+    }
+}
+
+/// Opens S3 storage; its errors name the bucket and endpoint, never the secret.
+#[cfg(feature = "s3")]
+async fn open_s3_storage(options: &ServeOptions, bucket: &str) -> Result<Arc<dyn Storage>> {
+    let config = ncps_store::S3Config {
+        bucket: bucket.to_owned(),
+        endpoint: options.cache_storage_s3_endpoint.clone(),
+        region: options.cache_storage_s3_region.clone(),
+        force_path_style: options.cache_storage_s3_force_path_style,
+        access_key_id: options.cache_storage_s3_access_key_id.clone(),
+        secret_access_key: options
+            .cache_storage_s3_secret_access_key
+            .as_ref()
+            .map(|s| s.expose().to_owned()),
+        prefix: options.cache_storage_s3_prefix.clone(),
+    };
+    let storage = ncps_store::S3Storage::new(config)
+        .await
+        .map_err(|e| match e {
+            Error::Unavailable(why) => {
+                Error::Unavailable(format!("--cache-storage-s3-bucket: {why}"))
+            }
+            e => invalid("--cache-storage-s3-bucket", e),
+        })?;
+    tracing::info!(
+        bucket,
+        endpoint = options
+            .cache_storage_s3_endpoint
+            .as_deref()
+            .unwrap_or("AWS S3"),
+        prefix = storage.prefix().unwrap_or(""),
+        "S3 storage ready"
+    );
+    Ok(Arc::new(storage))
+}
+
+#[cfg(not(feature = "s3"))]
+async fn open_s3_storage(_options: &ServeOptions, bucket: &str) -> Result<Arc<dyn Storage>> {
+    Err(invalid(
+        "--cache-storage-s3-bucket",
+        format!("{bucket}: built without S3 storage (feature `s3`)"),
+    ))
+}
+
+fn open_local_storage(dir: &Path) -> Result<Arc<dyn Storage>> {
     #[cfg(feature = "local-storage")]
     {
         let storage =
@@ -85,22 +172,16 @@ fn open_lock() -> Result<Arc<dyn Lock>> {
     }
 }
 
-async fn open_db(url: &str) -> Result<Arc<dyn MetadataDb>> {
-    if url.starts_with("sqlite:") {
-        #[cfg(feature = "sqlite")]
-        {
-            let url = url.to_owned();
-            let db = tokio::task::spawn_blocking(move || ncps_db::SqliteDb::open_url(&url))
-                .await
-                .map_err(|e| Error::backend("opening the database", e))?
-                .map_err(|e| invalid("--cache-database-url", e))?;
-            return Ok(Arc::new(db));
-        }
-    }
-    Err(invalid(
-        "--cache-database-url",
-        format!("{url:?} is not supported by this build (use sqlite:/path/db.sqlite)"),
-    ))
+/// Opens the metadata database by its URL's scheme (SQLite, PostgreSQL or
+/// MySQL, as built). A server that cannot be reached stays
+/// [`Error::Unavailable`]; messages show the URL with its password hidden.
+async fn open_db(url: &str, max_conns: usize) -> Result<Arc<dyn MetadataDb>> {
+    let db = ncps_db::open(url, max_conns).await.map_err(|e| match e {
+        Error::Unavailable(why) => Error::Unavailable(format!("--cache-database-url: {why}")),
+        e => invalid("--cache-database-url", e),
+    })?;
+    tracing::info!(url = %ncps_db::redact_url(url), "database ready");
+    Ok(db)
 }
 
 /// Builds the engine and the state the routes see. Any invalid option is an
@@ -165,9 +246,9 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
     }))
     .await;
 
-    let storage = open_storage(&data_dir)?;
+    let storage = open_storage(options, &data_dir).await?;
     let lock = open_lock()?;
-    let db = open_db(&database_url).await?;
+    let db = open_db(&database_url, options.cache_database_pool_max_open_conns).await?;
     let signing_key = match &options.cache_secret_key_path {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| {

@@ -14,7 +14,27 @@ pub const KEYS: &[(&str, &str)] = &[
     ("server.addr", "SERVER_ADDR"),
     ("cache.hostname", "CACHE_HOSTNAME"),
     ("cache.storage.local", "CACHE_STORAGE_LOCAL"),
+    ("cache.storage.s3.bucket", "CACHE_STORAGE_S3_BUCKET"),
+    ("cache.storage.s3.endpoint", "CACHE_STORAGE_S3_ENDPOINT"),
+    ("cache.storage.s3.region", "CACHE_STORAGE_S3_REGION"),
+    (
+        "cache.storage.s3.access-key-id",
+        "CACHE_STORAGE_S3_ACCESS_KEY_ID",
+    ),
+    (
+        "cache.storage.s3.secret-access-key",
+        "CACHE_STORAGE_S3_SECRET_ACCESS_KEY",
+    ),
+    (
+        "cache.storage.s3.force-path-style",
+        "CACHE_STORAGE_S3_FORCE_PATH_STYLE",
+    ),
+    ("cache.storage.s3.prefix", "CACHE_STORAGE_S3_PREFIX"),
     ("cache.database-url", "CACHE_DATABASE_URL"),
+    (
+        "cache.database.pool.max-open-conns",
+        "CACHE_DATABASE_POOL_MAX_OPEN_CONNS",
+    ),
     ("cache.upstream.urls", "CACHE_UPSTREAM_URLS"),
     ("cache.upstream.public-keys", "CACHE_UPSTREAM_PUBLIC_KEYS"),
     (

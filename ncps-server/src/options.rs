@@ -69,9 +69,52 @@ pub struct ServeOptions {
     #[arg(long, env = "CACHE_STORAGE_LOCAL")]
     pub cache_storage_local: Option<PathBuf>,
 
-    /// Metadata database: `sqlite:/path/db.sqlite`.
+    /// S3 bucket to keep NARs in instead of a local directory.
+    #[arg(long, env = "CACHE_STORAGE_S3_BUCKET")]
+    pub cache_storage_s3_bucket: Option<String>,
+
+    /// S3 endpoint URL with its scheme, for S3-compatible servers (default: AWS S3).
+    #[arg(long, env = "CACHE_STORAGE_S3_ENDPOINT")]
+    pub cache_storage_s3_endpoint: Option<String>,
+
+    /// S3 region (default: the AWS region settings, then us-east-1).
+    #[arg(long, env = "CACHE_STORAGE_S3_REGION")]
+    pub cache_storage_s3_region: Option<String>,
+
+    /// S3 access key id; without it the AWS default credential chain is used
+    /// (environment, profile, web identity, container or instance role).
+    #[arg(long, env = "CACHE_STORAGE_S3_ACCESS_KEY_ID")]
+    pub cache_storage_s3_access_key_id: Option<String>,
+
+    /// S3 secret access key, with `--cache-storage-s3-access-key-id`.
+    #[arg(
+        long,
+        env = "CACHE_STORAGE_S3_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub cache_storage_s3_secret_access_key: Option<Secret>,
+
+    /// Address the S3 bucket as `endpoint/bucket` instead of `bucket.endpoint`
+    /// (most self-hosted S3 servers need this).
+    #[arg(long, env = "CACHE_STORAGE_S3_FORCE_PATH_STYLE", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_storage_s3_force_path_style: bool,
+
+    /// Key prefix in the S3 bucket, so several caches can share one bucket
+    /// (an ncps-rs addition).
+    #[arg(long, env = "CACHE_STORAGE_S3_PREFIX")]
+    pub cache_storage_s3_prefix: Option<String>,
+
+    /// Metadata database: `sqlite:/path/db.sqlite`, `postgres://` or
+    /// `postgresql://`, `mysql://` (Unix sockets: `postgresql:///db?host=/run/postgresql`,
+    /// `mysql://user:pass@/db?socket=/run/mysqld/mysqld.sock`).
     #[arg(long, env = "CACHE_DATABASE_URL")]
     pub cache_database_url: Option<String>,
+
+    /// Most connections open at once to PostgreSQL or MySQL; 0 means the
+    /// default (25). SQLite always uses one.
+    #[arg(long, env = "CACHE_DATABASE_POOL_MAX_OPEN_CONNS", default_value_t = 0)]
+    pub cache_database_pool_max_open_conns: usize,
 
     /// An upstream cache URL (repeatable); `?priority=N` sets its priority,
     /// `?public-key=name:base64` binds a key to it.
@@ -121,6 +164,31 @@ pub struct ServeOptions {
     /// How long one instance may hold a download lock.
     #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = parse_duration)]
     pub cache_lock_download_ttl: Duration,
+}
+
+/// A secret option value (a password or key): `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for handing to the library that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 /// Parses Go-style durations such as `3s`, `5m`, `1h30m`.

@@ -60,7 +60,8 @@ fn plain(status: StatusCode, message: impl Into<String>, head: bool) -> Response
 fn error_response(e: &Error, head: bool) -> Response<Body> {
     let status = match e {
         Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
-        Error::Integrity(_) | Error::Unavailable(_) => StatusCode::BAD_GATEWAY,
+        Error::Integrity(_) | Error::Upstream(_) => StatusCode::BAD_GATEWAY,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status.is_server_error() {

@@ -2,6 +2,10 @@
 //! [`ncps_core::Storage`], where the cache keeps NAR bytes. The `local`
 //! feature (on by default) provides [`LocalStorage`], which keeps each object
 //! as a file under a root directory and never exposes a partly written one.
+//! The `s3` feature provides `S3Storage`, which keeps objects in an S3
+//! bucket (AWS or an S3-compatible server), streaming both ways. Both can
+//! `list` their objects, and [`copy_objects`] moves objects between any two
+//! backends, resumably.
 //!
 //! ```no_run
 //! # async fn demo() -> ncps_core::Result<()> {
@@ -15,11 +19,39 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! With the `s3` feature:
+//!
+//! ```no_run
+//! # #[cfg(feature = "s3")]
+//! # async fn demo() -> ncps_core::Result<()> {
+//! use ncps_store::{S3Config, S3Storage};
+//!
+//! let storage = S3Storage::new(S3Config {
+//!     bucket: "nix-cache".to_string(),
+//!     endpoint: Some("http://127.0.0.1:9000".to_string()),
+//!     force_path_style: true,
+//!     prefix: Some("cache-a".to_string()),
+//!     // No keys: the AWS default credential chain supplies them.
+//!     ..S3Config::default()
+//! })
+//! .await?;
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
+mod copy;
+#[cfg(any(feature = "local", feature = "s3"))]
+mod key;
 #[cfg(feature = "local")]
 mod local;
+#[cfg(feature = "s3")]
+mod s3;
 
+pub use copy::{CopyOutcome, CopyStats, ObjectInfo, copy_objects};
 #[cfg(feature = "local")]
 pub use local::LocalStorage;
+#[cfg(feature = "s3")]
+pub use s3::{PART_SIZE, S3Config, S3Storage};

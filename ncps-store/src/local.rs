@@ -10,6 +10,8 @@ use ncps_core::{ByteStream, Error, Result, Storage, StoredObject};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
+use crate::ObjectInfo;
+
 /// Name of the directory under the root where `put` writes before renaming.
 const TMP_DIR: &str = ".tmp";
 
@@ -74,6 +76,17 @@ impl LocalStorage {
         &self.root
     }
 
+    /// Every object under the key prefix `under` (such as `nar`), sorted by
+    /// key. Files whose names are not UTF-8 cannot be keys and are left out.
+    pub async fn list(&self, under: &str) -> Result<Vec<ObjectInfo>> {
+        let under = under.trim_end_matches('/').to_owned();
+        validate_key(&under)?;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || walk(&root, &under))
+            .await
+            .map_err(|e| Error::backend("listing local storage", e))?
+    }
+
     /// The file for `key`, after checking that `key` stays under the root.
     fn path_for(&self, key: &str) -> Result<PathBuf> {
         validate_key(key)?;
@@ -99,6 +112,36 @@ fn validate_key(key: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The files under `<root>/<under>`, as objects.
+fn walk(root: &Path, under: &str) -> Result<Vec<ObjectInfo>> {
+    let listing = |dir: &str, e: io::Error| Error::backend(format!("listing {dir}"), e);
+    let mut objects = Vec::new();
+    let mut dirs = vec![under.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(root.join(&dir)) {
+            Ok(entries) => entries,
+            Err(e) if is_missing(&e) => continue,
+            Err(e) => return Err(listing(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| listing(&dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let key = format!("{dir}/{name}");
+            let file_type = entry.file_type().map_err(|e| listing(&key, e))?;
+            if file_type.is_dir() {
+                dirs.push(key);
+            } else if file_type.is_file() {
+                let size = entry.metadata().map_err(|e| listing(&key, e))?.len();
+                objects.push(ObjectInfo { key, size });
+            }
+        }
+    }
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(objects)
 }
 
 /// Whether an open or stat error means "no object there".
@@ -190,7 +233,10 @@ impl Storage for LocalStorage {
             .map_err(|e| Error::backend(format!("seeking in {key}"), e))?;
         Ok(Some(StoredObject {
             size: object.size,
-            body: Box::pin(ReaderStream::with_capacity(object.file.take(len), READ_BUFFER)),
+            body: Box::pin(ReaderStream::with_capacity(
+                object.file.take(len),
+                READ_BUFFER,
+            )),
         }))
     }
 

@@ -1,5 +1,7 @@
 //! Runs the storage conformance suite on `LocalStorage`.
 
+#![cfg(feature = "local")]
+
 use ncps_core::Error;
 use ncps_core::Storage;
 use ncps_store::LocalStorage;

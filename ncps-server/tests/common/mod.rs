@@ -970,10 +970,6 @@ impl Proxy {
             .arg("--server-addr")
             .arg(format!("127.0.0.1:{port}"))
             .args(["--cache-hostname", "ncps-e2e.test"])
-            .arg("--cache-storage-local")
-            .arg(&storage)
-            .arg("--cache-database-url")
-            .arg(format!("sqlite:{}", db.display()))
             .arg("--cache-secret-key-path")
             .arg(&secret_path)
             .args(["--cache-upstream-dialer-timeout", &cfg.dialer_timeout])
@@ -981,6 +977,15 @@ impl Proxy {
                 "--cache-upstream-response-header-timeout",
                 &cfg.response_header_timeout,
             ]);
+        // Storage or database given in `extra_args` replace the local defaults.
+        let given = |option: &str| cfg.extra_args.iter().any(|a| a == option);
+        if !given("--cache-storage-s3-bucket") {
+            cmd.arg("--cache-storage-local").arg(&storage);
+        }
+        if !given("--cache-database-url") {
+            cmd.arg("--cache-database-url")
+                .arg(format!("sqlite:{}", db.display()));
+        }
         for u in &cfg.upstream_urls {
             cmd.args(["--cache-upstream-url", u]);
         }
