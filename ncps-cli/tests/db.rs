@@ -3,6 +3,7 @@
 //! `NCPS_TEST_POSTGRES_URL` and `NCPS_TEST_MYSQL_URL` are there (a missing
 //! one skips loudly, or fails with `NCPS_TEST_REQUIRE_ALL=1`).
 
+use ncps_core::testkit::service as shared_service;
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,22 +28,6 @@ fn assert_ok(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The value of `var`, or `None` after a loud skip (a failure with
-/// `NCPS_TEST_REQUIRE_ALL=1`).
-fn service(test: &str, var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            let why = format!("{test}: {var} is not set (source .ci/services.sh)");
-            if std::env::var("NCPS_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-                panic!("{why}, and NCPS_TEST_REQUIRE_ALL=1");
-            }
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
 }
 
 /// `server` naming a new empty database instead of its own.
@@ -198,4 +183,9 @@ async fn copy_from_sqlite_through_postgres_and_mysql_and_back() {
         .query_drop(format!("DROP DATABASE IF EXISTS {my_name}"))
         .await;
     let _ = conn.disconnect().await;
+}
+
+/// The service in `var`, or `None` after a loud skip.
+fn service(test: &str, var: &str) -> Option<String> {
+    shared_service(test, var, "source .ci/services.sh")
 }

@@ -2,7 +2,7 @@
 //! the S3 server at `NCPS_TEST_S3_ENDPOINT` (see `.ci/s3.sh`); without it the
 //! tests skip loudly, or fail with `NCPS_TEST_REQUIRE_ALL=1`.
 
-use std::io::Write as _;
+use ncps_core::testkit::service;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,22 +15,6 @@ const CLI: &str = env!("CARGO_BIN_EXE_ncps-cli");
 
 /// The secret access key; it must never appear in output.
 const SECRET: &str = "ncps-cli-test-secret-9d3a";
-
-/// The S3 endpoint under test, or `None` after a loud skip.
-fn s3_endpoint(test: &str) -> Option<String> {
-    match std::env::var("NCPS_TEST_S3_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
-        _ => {
-            let why = format!("{test}: NCPS_TEST_S3_ENDPOINT is not set (source .ci/s3.sh)");
-            if std::env::var("NCPS_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-                panic!("{why}, and NCPS_TEST_REQUIRE_ALL=1");
-            }
-            // Straight to stderr: libtest captures eprintln! of passing tests.
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-            None
-        }
-    }
-}
 
 /// Creates a fresh bucket at `endpoint` and returns its name.
 fn new_bucket(endpoint: &str) -> String {
@@ -150,4 +134,9 @@ fn a_missing_bucket_fails_naming_it() {
     assert!(stderr.contains("ncps-cli-no-such-bucket"), "{stderr}");
     assert!(stderr.contains(&endpoint), "{stderr}");
     assert!(!stderr.contains(SECRET), "{stderr}");
+}
+
+/// The S3 endpoint under test, or `None` after a loud skip.
+fn s3_endpoint(test: &str) -> Option<String> {
+    service(test, "NCPS_TEST_S3_ENDPOINT", "source .ci/s3.sh")
 }

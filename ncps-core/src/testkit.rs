@@ -7,6 +7,33 @@
 
 pub mod upstream;
 
+/// Whether tests must fail, not skip, when a service they need is missing
+/// (`NCPS_TEST_REQUIRE_ALL=1`, as CI sets).
+pub fn require_all() -> bool {
+    std::env::var("NCPS_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// The value of the environment variable `var` naming a test service, or
+/// `None` after a loud `SKIPPED:` line; a panic under [`require_all`].
+/// `start` says how to start the service (for example `source .ci/s3.sh`).
+pub fn service(test: &str, var: &str, start: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            let why = format!("{test}: {var} is not set ({start})");
+            if require_all() {
+                panic!("{why}, and NCPS_TEST_REQUIRE_ALL=1");
+            }
+            // Straight to stderr: libtest captures eprintln! of passing tests.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("SKIPPED: {why}\n").as_bytes(),
+            );
+            None
+        }
+    }
+}
+
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

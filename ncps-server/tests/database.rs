@@ -8,6 +8,7 @@
 //! (see `.ci/services.sh`); a missing one skips loudly, or fails with
 //! `NCPS_TEST_REQUIRE_ALL=1`.
 
+use ncps_core::testkit::service as shared_service;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -22,26 +23,6 @@ const DEAD_PROXY: &str = "http://127.0.0.1:9";
 
 /// A valid upstream key; the upstream itself (port 9) never answers.
 const UPSTREAM_KEY: &str = "ncps-test-static-1:QD0w2G0MdfXNIl4JQoJkbON6J/hO2SVD0l9PC7fmxaY=";
-
-fn require_all() -> bool {
-    std::env::var("NCPS_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1")
-}
-
-/// The value of `var`, or `None` after a loud skip (a failure with
-/// `NCPS_TEST_REQUIRE_ALL=1`).
-fn service(test: &str, var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            let why = format!("{test}: {var} is not set (source .ci/services.sh)");
-            if require_all() {
-                panic!("{why}, and NCPS_TEST_REQUIRE_ALL=1");
-            }
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -297,4 +278,9 @@ fn mysql_instances_share_one_generated_key() {
         return;
     };
     shares_one_generated_key(&fresh_mysql(&server));
+}
+
+/// The service in `var`, or `None` after a loud skip.
+fn service(test: &str, var: &str) -> Option<String> {
+    shared_service(test, var, "source .ci/services.sh")
 }

@@ -9,27 +9,11 @@
 
 mod common;
 
-use std::io::Write;
+use ncps_core::testkit::service as shared_service;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
 use mysql_async::prelude::Queryable;
-
-/// The value of `var`, or `None` after a loud skip (a failure with
-/// `NCPS_TEST_REQUIRE_ALL=1`).
-fn service(test: &str, var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            let why = format!("{test}: {var} is not set (source .ci/services.sh)");
-            if std::env::var("NCPS_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-                panic!("{why}, and NCPS_TEST_REQUIRE_ALL=1");
-            }
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-            None
-        }
-    }
-}
 
 /// `server` naming a new database name instead of its own: (name, URL).
 fn new_database(server: &str) -> (String, String) {
@@ -176,4 +160,9 @@ async fn cache_moved_from_sqlite_to_postgres_and_mysql_still_serves() {
         );
         assert!(copy.all_valid(&fx.closure).await, "{copy:?}");
     }
+}
+
+/// The service in `var`, or `None` after a loud skip.
+fn service(test: &str, var: &str) -> Option<String> {
+    shared_service(test, var, "source .ci/services.sh")
 }

@@ -9,6 +9,7 @@
 
 mod common;
 
+use ncps_core::testkit::service;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -28,23 +29,6 @@ const DEAD_PROXY: &str = "http://127.0.0.1:9";
 
 /// The secret access key every test uses; it must never appear in output.
 const SECRET: &str = "ncps-test-secret-c4f1e2";
-
-/// The S3 endpoint under test, or `None` after a loud skip (a failure with
-/// `NCPS_TEST_REQUIRE_ALL=1`).
-fn s3_endpoint(test: &str) -> Option<String> {
-    match std::env::var("NCPS_TEST_S3_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
-        _ => {
-            let why = format!("{test}: NCPS_TEST_S3_ENDPOINT is not set (source .ci/s3.sh)");
-            if std::env::var("NCPS_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-                panic!("{why}, and NCPS_TEST_REQUIRE_ALL=1");
-            }
-            // Straight to stderr: libtest captures eprintln! of passing tests.
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-            None
-        }
-    }
-}
 
 /// A plain SDK client for making and inspecting buckets.
 fn s3_client(endpoint: &str) -> Client {
@@ -491,4 +475,9 @@ async fn copy_through_s3(endpoint: &str, database: Option<String>) {
         "closure not valid: {copy:?}"
     );
     gate.cut().await;
+}
+
+/// The S3 endpoint under test, or `None` after a loud skip.
+fn s3_endpoint(test: &str) -> Option<String> {
+    service(test, "NCPS_TEST_S3_ENDPOINT", "source .ci/s3.sh")
 }
