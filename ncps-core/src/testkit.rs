@@ -817,7 +817,7 @@ fn concurrency_hash(prefix: char, task: usize) -> String {
 
 /// Checks that two instances of a [`MetadataDb`] on the same empty database
 /// (two connection pools, as two servers would have) stay consistent under
-/// [`CONCURRENT_TASKS`] tasks reading and writing the same records at once.
+/// `CONCURRENT_TASKS` (64) tasks reading and writing the same records at once.
 ///
 /// Each task, on one instance or the other, upserts a shared narinfo and a
 /// shared NAR record, rewrites a record of its own and reads it back through
