@@ -16,6 +16,15 @@ pub trait Lock: Send + Sync + Debug {
 
     /// Takes `key` if it is free now; `None` if someone else holds it.
     async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<LockGuard>>;
+
+    /// The label of whoever holds `key` now, if it is held and the backend
+    /// knows labels. A shared backend labels each lock with the holder's
+    /// advertised URL, so a replica can stream a download from the peer doing
+    /// it instead of waiting. Backends without labels answer `None`.
+    async fn holder(&self, key: &str) -> Result<Option<String>> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// A backend's handle on one held lock.
@@ -23,6 +32,10 @@ pub trait Lock: Send + Sync + Debug {
 pub trait HeldLock: Send + Sync {
     /// Releases the lock, if it is still ours.
     async fn release(self: Box<Self>) -> Result<()>;
+
+    /// Holds the lock for `ttl` from now; `false` if it is no longer ours
+    /// (it expired and someone else took it), in which case nothing changes.
+    async fn extend(&self, ttl: Duration) -> Result<bool>;
 }
 
 /// A held lock. Release it with [`LockGuard::release`]; dropping it releases it
@@ -33,6 +46,14 @@ impl LockGuard {
     /// Wraps a backend's held lock.
     pub fn new(held: Box<dyn HeldLock>) -> Self {
         LockGuard(Some(held))
+    }
+
+    /// Holds the lock for `ttl` from now; `false` if it is no longer ours.
+    pub async fn extend(&self, ttl: Duration) -> Result<bool> {
+        match &self.0 {
+            Some(held) => held.extend(ttl).await,
+            None => Ok(false),
+        }
     }
 
     /// Releases the lock now.

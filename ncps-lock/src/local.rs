@@ -63,6 +63,19 @@ impl Inner {
         Ok(token)
     }
 
+    /// Moves the expiry of `key` to `ttl` from now if `token` still holds it.
+    fn extend(&self, key: &str, token: u64, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut held = self.held();
+        match held.get_mut(key) {
+            Some(holder) if holder.token == token && holder.expires > now => {
+                holder.expires = now.checked_add(ttl).unwrap_or_else(|| now + FAR_FUTURE);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Releases `key` if `token` still holds it, waking waiters.
     fn release(&self, key: &str, token: u64) {
         let mut held = self.held();
@@ -130,5 +143,9 @@ impl HeldLock for LocalHeld {
     async fn release(self: Box<Self>) -> Result<()> {
         self.inner.release(&self.key, self.token);
         Ok(())
+    }
+
+    async fn extend(&self, ttl: Duration) -> Result<bool> {
+        Ok(self.inner.extend(&self.key, self.token, ttl))
     }
 }

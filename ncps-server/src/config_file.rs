@@ -50,6 +50,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("cache.sign-narinfo", "CACHE_SIGN_NARINFO"),
     ("cache.lock.download-lock-ttl", "CACHE_LOCK_DOWNLOAD_TTL"),
     ("cache.negative-narinfo-ttl", "CACHE_NEGATIVE_NARINFO_TTL"),
+    ("cache.temp-path", "CACHE_TEMP_PATH"),
+    ("cache.advertise-url", "CACHE_ADVERTISE_URL"),
     ("log.level", "LOG_LEVEL"),
 ];
 

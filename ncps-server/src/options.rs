@@ -161,9 +161,22 @@ pub struct ServeOptions {
     #[arg(long, env = "CACHE_NEGATIVE_NARINFO_TTL", default_value = "5m", value_parser = parse_duration)]
     pub cache_negative_narinfo_ttl: Duration,
 
-    /// How long one instance may hold a download lock.
+    /// How long one instance may hold a download lock without extending it;
+    /// the holder extends it while the download runs, so this is how soon the
+    /// others take over from an instance that died.
     #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = parse_duration)]
     pub cache_lock_download_ttl: Duration,
+
+    /// Directory for downloads in progress (default: the OS temp dir). Files
+    /// there are unlinked at once, so a crash leaves nothing behind.
+    #[arg(long, env = "CACHE_TEMP_PATH")]
+    pub cache_temp_path: Option<PathBuf>,
+
+    /// This instance's URL as its peers reach it (high availability, an
+    /// ncps-rs addition): a replica asked for a NAR this instance is
+    /// downloading streams it from here instead of waiting for the download.
+    #[arg(long, env = "CACHE_ADVERTISE_URL")]
+    pub cache_advertise_url: Option<String>,
 }
 
 /// A secret option value (a password or key): `Debug` never shows it.
