@@ -3,12 +3,14 @@
 //! fetches.
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 
+use crate::inflight::{self, Download, InFlight, SpoolWriter};
 use crate::nar_file::NarFile;
 use crate::nar_verify::{self, NarCheck, is_supported_compression};
 use crate::negative_cache::NegativeCache;
@@ -24,8 +26,12 @@ const SECRET_KEY_CONFIG: &str = "secret_key";
 /// A served object is marked accessed at most this often, to spare the database a write per hit.
 const TOUCH_INTERVAL_SECS: i64 = 60;
 
-/// How many chunks may wait between the download and a slow consumer.
+/// How many chunks may wait between the download and storage.
 const CHANNEL_CHUNKS: usize = 16;
+
+/// The request header a replica sends when it streams a NAR from the peer
+/// downloading it; see [`Cache::nar_for_peer`].
+pub const PEER_HEADER: &str = "x-ncps-peer";
 
 /// How the engine behaves.
 #[derive(Clone, Debug)]
@@ -38,6 +44,11 @@ pub struct CacheOptions {
     pub priority: u32,
     /// How long a narinfo no upstream has is answered 404 without asking again; zero disables.
     pub negative_ttl: Duration,
+    /// Where downloads in progress are spooled (their files are unlinked at once).
+    pub temp_dir: PathBuf,
+    /// This instance's URL as peers reach it; it labels the download locks it
+    /// holds, so a peer asked for the same NAR can stream it from here.
+    pub advertise_url: Option<String>,
 }
 
 impl Default for CacheOptions {
@@ -47,6 +58,8 @@ impl Default for CacheOptions {
             download_lock_ttl: Duration::from_secs(300),
             priority: 40,
             negative_ttl: Duration::from_secs(300),
+            temp_dir: std::env::temp_dir(),
+            advertise_url: None,
         }
     }
 }
@@ -81,7 +94,23 @@ struct Inner {
     upstreams: Vec<Upstream>,
     signing_key: SigningKey,
     negative: NegativeCache,
+    inflight: InFlight,
+    peer_client: reqwest::Client,
     options: CacheOptions,
+}
+
+/// The client for peers: raw bytes (no decompression), no proxy (peers are
+/// on the same network), and a bounded wait for the first answer.
+fn peer_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .no_gzip()
+        .no_zstd()
+        .no_brotli()
+        .no_deflate()
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap_or_default()
 }
 
 fn now() -> i64 {
@@ -109,6 +138,8 @@ impl Cache {
                 upstreams,
                 signing_key,
                 negative: NegativeCache::new(options.negative_ttl),
+                inflight: InFlight::default(),
+                peer_client: peer_client(),
                 options,
             }),
         }
@@ -299,8 +330,10 @@ impl Cache {
     }
 
     /// A NAR file: from storage, or streamed from its upstream while it is
-    /// checked and stored. Concurrent requests for a missing NAR wait for the
-    /// one download instead of starting their own.
+    /// checked and stored. Concurrent requests for a missing NAR read the one
+    /// download as it arrives instead of starting their own; with a shared
+    /// lock, a replica asked for a NAR that a peer is downloading streams it
+    /// from that peer.
     pub async fn nar(&self, file: &NarFile) -> Result<Option<NarBody>> {
         let key = file.storage_key();
         if let Some(body) = self.stored_nar(file, &key).await? {
@@ -309,15 +342,135 @@ impl Cache {
         let Some(record) = self.inner.db.get_nar(file.as_str()).await? else {
             return Ok(None);
         };
-        let Some(url) = record.upstream_url.clone() else {
+        if record.upstream_url.is_none() {
             return Ok(None);
-        };
-        let guard = self.lock(&format!("download:{key}")).await?;
-        // Whoever held the lock before us may have stored it.
+        }
+        if let Some(download) = self.inner.inflight.get(&key) {
+            return Ok(Some(reading(&record, &download)));
+        }
+        // One request of this process at a time starts the download; the
+        // others then find it in flight or stored.
+        let _starting = self.inner.inflight.starting(&key).await;
+        if let Some(download) = self.inner.inflight.get(&key) {
+            return Ok(Some(reading(&record, &download)));
+        }
         if let Some(body) = self.stored_nar(file, &key).await? {
-            guard.release().await?;
             return Ok(Some(body));
         }
+        let lock_key = format!("download:{key}");
+        let ttl = self.inner.options.download_lock_ttl;
+        let guard = match self.inner.lock.try_acquire(&lock_key, ttl).await? {
+            Some(guard) => guard,
+            None => {
+                if let Some(body) = self.from_peer(&lock_key, file, &record).await {
+                    return Ok(Some(body));
+                }
+                let guard = self.inner.lock.acquire(&lock_key, ttl).await?;
+                // Whoever held the lock before us has most likely stored it.
+                if let Some(body) = self.stored_nar(file, &key).await? {
+                    guard.release().await?;
+                    return Ok(Some(body));
+                }
+                guard
+            }
+        };
+        match self.start_download(file, &record, guard).await? {
+            Some(download) => Ok(Some(reading(&record, &download))),
+            None => Ok(None),
+        }
+    }
+
+    /// A NAR for a peer replica: only what is stored or being downloaded
+    /// here, never a new download, so peers cannot send each other in circles.
+    pub async fn nar_for_peer(&self, file: &NarFile) -> Result<Option<NarBody>> {
+        let key = file.storage_key();
+        if let Some(download) = self.inner.inflight.get(&key) {
+            let size = match self.inner.db.get_nar(file.as_str()).await {
+                Ok(Some(record)) => record.file_size,
+                _ => None,
+            };
+            return Ok(Some(NarBody {
+                size,
+                body: download.reader(),
+            }));
+        }
+        self.stored_nar(file, &key).await
+    }
+
+    /// Streams a NAR from the peer holding its download lock, checking it as
+    /// it comes; `None` if there is no such peer or it cannot serve it.
+    async fn from_peer(
+        &self,
+        lock_key: &str,
+        file: &NarFile,
+        record: &NarRecord,
+    ) -> Option<NarBody> {
+        let own = self.inner.options.advertise_url.as_deref();
+        let peer = match self.inner.lock.holder(lock_key).await {
+            Ok(Some(peer)) if Some(peer.as_str()) != own => peer,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(%file, error = %e, "cannot tell who is downloading a NAR");
+                return None;
+            }
+        };
+        let url = format!("{}/nar/{file}", peer.trim_end_matches('/'));
+        let response = self
+            .inner
+            .peer_client
+            .get(&url)
+            .header(PEER_HEADER, "1")
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) if r.status() == reqwest::StatusCode::OK => r,
+            Ok(r) => {
+                tracing::info!(%url, status = %r.status(), "peer cannot serve a NAR it was downloading");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "peer unreachable; waiting for its download instead");
+                return None;
+            }
+        };
+        let body: ByteStream = Box::pin(
+            response
+                .bytes_stream()
+                .map(|item| item.map_err(io::Error::other)),
+        );
+        let check = match nar_check(record) {
+            Ok(check) => check,
+            Err(e) => {
+                tracing::warn!(%file, error = %e, "stored NAR record is unreadable");
+                return None;
+            }
+        };
+        match nar_verify::verified(body, check) {
+            Ok(body) => {
+                tracing::info!(%url, "streaming a NAR from the peer downloading it");
+                Some(NarBody {
+                    size: record.file_size,
+                    body,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(%file, error = %e, "cannot check a NAR from a peer");
+                None
+            }
+        }
+    }
+
+    /// Starts the download of a NAR whose lock `guard` holds, in the
+    /// background; it outlives the request that started it. `None` if the
+    /// upstream no longer has it.
+    async fn start_download(
+        &self,
+        file: &NarFile,
+        record: &NarRecord,
+        guard: LockGuard,
+    ) -> Result<Option<Arc<Download>>> {
+        let key = file.storage_key();
+        let url = record.upstream_url.clone().unwrap_or_default();
         let url = url::Url::parse(&url).map_err(|e| Error::backend("stored upstream URL", e))?;
         let Some(upstream) = self
             .inner
@@ -330,37 +483,42 @@ impl Cache {
                 "no configured upstream serves {url}"
             )));
         };
-        let Some(download) = upstream.nar(&url).await? else {
-            guard.release().await?;
-            tracing::warn!(%url, "upstream no longer has a NAR its narinfo named");
-            return Ok(None);
+        let download = match upstream.nar(&url).await {
+            Ok(Some(download)) => download,
+            Ok(None) => {
+                guard.release().await?;
+                tracing::warn!(%url, "upstream no longer has a NAR its narinfo named");
+                return Ok(None);
+            }
+            Err(e) => {
+                guard.release().await?;
+                return Err(e);
+            }
         };
-        let check = NarCheck {
-            compression: record.compression.clone(),
-            file_hash: record.file_hash.as_deref().map(str::parse).transpose()?,
-            file_size: record.file_size,
-            nar_hash: record.nar_hash.parse()?,
-            nar_size: record.nar_size,
-        };
-        let verified = nar_verify::verified(download.body, check)?;
-        let (client_tx, client_rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let storage = self.inner.storage.clone();
+        let verified = nar_verify::verified(download.body, nar_check(record)?)?;
+        let (writer, spooled) = inflight::spool(&self.inner.options.temp_dir).map_err(|e| {
+            Error::backend(
+                format!("spool file in {}", self.inner.options.temp_dir.display()),
+                e,
+            )
+        })?;
+        self.inner.inflight.insert(&key, Arc::clone(&spooled));
+        let cache = self.clone();
         tokio::spawn(async move {
-            let result = tee_into_storage(verified, storage, &key, client_tx).await;
-            match result {
+            let ttl = cache.inner.options.download_lock_ttl;
+            let work = spool_and_store(verified, writer, cache.inner.storage.clone(), &key);
+            match hold_while(work, &guard, ttl).await {
                 Ok(size) => tracing::info!(%key, size, "NAR stored"),
                 Err(e) => {
                     tracing::error!(%key, %url, error = %e, "NAR download failed; nothing stored")
                 }
             }
+            cache.inner.inflight.remove(&key);
             if let Err(e) = guard.release().await {
                 tracing::warn!(%key, error = %e, "releasing the download lock failed");
             }
         });
-        Ok(Some(NarBody {
-            size: record.file_size.or(download.content_length),
-            body: Box::pin(client_rx),
-        }))
+        Ok(Some(spooled))
     }
 
     /// The size of a NAR in storage, after any download of it in flight;
@@ -418,37 +576,85 @@ fn copy_error(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-/// Feeds a checked download into storage and, while it listens, a client.
-/// A client that goes away does not stop the download.
-async fn tee_into_storage(
-    mut verified: ByteStream,
+/// How a NAR record says its bytes must check out.
+fn nar_check(record: &NarRecord) -> Result<NarCheck> {
+    Ok(NarCheck {
+        compression: record.compression.clone(),
+        file_hash: record.file_hash.as_deref().map(str::parse).transpose()?,
+        file_size: record.file_size,
+        nar_hash: record.nar_hash.parse()?,
+        nar_size: record.nar_size,
+    })
+}
+
+/// A reader of a download in progress, sized as the record says.
+fn reading(record: &NarRecord, download: &Download) -> NarBody {
+    NarBody {
+        size: record.file_size,
+        body: download.reader(),
+    }
+}
+
+/// Runs `work` while extending `guard` every third of `ttl`, so the lock
+/// lasts as long as the work and expires soon after a crash.
+async fn hold_while<T>(work: impl Future<Output = T>, guard: &LockGuard, ttl: Duration) -> T {
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = ticks.tick() => match guard.extend(ttl).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!("a download outlived its lock; another instance may fetch it too"),
+                Err(e) => tracing::warn!(error = %e, "cannot extend a download lock"),
+            },
+        }
+    }
+}
+
+/// Feeds a checked download into the spool its readers follow and into
+/// storage. The spool is complete once the bytes are checked; the result is
+/// that of storing them.
+async fn spool_and_store(
+    verified: ByteStream,
+    mut spool: SpoolWriter,
     storage: Arc<dyn Storage>,
     key: &str,
-    mut client: mpsc::Sender<io::Result<bytes::Bytes>>,
 ) -> Result<u64> {
     let (mut store_tx, store_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let pump = async move {
-        let mut client_listening = true;
-        while let Some(item) = verified.next().await {
-            let failed = item.is_err();
-            let for_store = match &item {
-                Ok(chunk) => Ok(chunk.clone()),
-                Err(e) => Err(copy_error(e)),
-            };
-            if store_tx.send(for_store).await.is_err() {
-                // Storage gave up; it reports why.
-                let _ = client
-                    .send(Err(io::Error::other("storing the NAR failed")))
-                    .await;
-                break;
+        let mut batches = verified.ready_chunks(CHANNEL_CHUNKS);
+        let mut storing = true;
+        while let Some(batch) = batches.next().await {
+            let mut chunks = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for item in batch {
+                match item {
+                    Ok(chunk) => chunks.push(chunk),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
             }
-            if client_listening && client.send(item).await.is_err() {
-                client_listening = false;
+            if let Err(e) = spool.write(chunks.clone()).await {
+                tracing::error!(%key, error = %e, "cannot write the download spool");
+                failure.get_or_insert(e);
             }
-            if failed {
-                break;
+            for chunk in chunks {
+                if storing && store_tx.send(Ok(chunk)).await.is_err() {
+                    // Storage gave up and reports why; the readers still get the NAR.
+                    storing = false;
+                }
+            }
+            if let Some(e) = failure {
+                spool.fail(&e);
+                let _ = store_tx.send(Err(copy_error(&e))).await;
+                return;
             }
         }
+        spool.complete();
     };
     let put = storage.put(key, Box::pin(store_rx));
     let (stored, ()) = tokio::join!(put, pump);

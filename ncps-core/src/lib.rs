@@ -44,6 +44,7 @@ pub mod cache;
 pub mod cache_info;
 mod error;
 pub mod hash;
+mod inflight;
 pub mod lock;
 pub mod metadata;
 pub mod nar_file;

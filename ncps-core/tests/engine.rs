@@ -6,9 +6,12 @@ use std::sync::Arc;
 use futures::StreamExt;
 use hyper::StatusCode;
 use ncps_core::nar_file::NarFile;
-use ncps_core::testkit::upstream::{TestUpstream, fixture};
+use ncps_core::testkit::upstream::{Gate, TestUpstream, fixture};
 use ncps_core::upstream::{Upstream, UpstreamConfig, UpstreamOptions};
 use ncps_core::{Cache, CacheOptions, NarInfo, SigningKey, Storage};
+
+/// The longest any one step may take before the test fails.
+const STEP: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct Setup {
     cache: Cache,
@@ -274,4 +277,61 @@ async fn a_failed_upstream_is_not_remembered_as_a_miss() {
     // The failed upstream is skipped until a health check finds it back.
     s.cache.check_upstreams().await;
     assert!(s.cache.narinfo(&f.hash()).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_holds_back_no_one() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("stalled-reader", 3_000_000, &key);
+    f.publish(&upstream, &f.nar);
+    let s = setup(&[(&upstream, &key, None)]);
+    s.cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    let file = NarFile::for_narinfo(&f.info).unwrap();
+
+    // The first client takes the body and does not read it for now.
+    let stalled = s.cache.nar(&file).await.unwrap().unwrap();
+    let second = s.cache.nar(&file).await.unwrap().unwrap();
+    let read = tokio::time::timeout(STEP, read_all(second.body))
+        .await
+        .expect("a reader waited for another that stopped reading");
+    assert_eq!(read.unwrap(), f.nar);
+    assert_eq!(read_all(stalled.body).await.unwrap(), f.nar);
+    assert_eq!(upstream.hits(&f.nar_path()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_reader_streams_a_download_in_progress() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("in-progress", 2_000_000, &key);
+    f.publish(&upstream, &f.nar);
+    let gate = Gate::new(1_000_000);
+    upstream.put_gated(&f.nar_path(), f.nar.clone(), &gate);
+    let s = setup(&[(&upstream, &key, None)]);
+    s.cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    let file = NarFile::for_narinfo(&f.info).unwrap();
+
+    let mut first = s.cache.nar(&file).await.unwrap().unwrap().body;
+    let first_chunk = tokio::time::timeout(STEP, first.next())
+        .await
+        .expect("no first byte while the upstream sends half")
+        .unwrap()
+        .unwrap();
+    // The upstream is paused half way; a new reader still gets bytes now.
+    let mut late = s.cache.nar(&file).await.unwrap().unwrap().body;
+    let late_chunk = tokio::time::timeout(STEP, late.next())
+        .await
+        .expect("a late reader got nothing until the download ended")
+        .unwrap()
+        .unwrap();
+    assert!(!late_chunk.is_empty());
+    gate.open();
+    let mut whole = first_chunk.to_vec();
+    whole.extend(read_all(first).await.unwrap());
+    assert_eq!(whole, f.nar);
+    let mut whole = late_chunk.to_vec();
+    whole.extend(read_all(late).await.unwrap());
+    assert_eq!(whole, f.nar);
+    assert_eq!(upstream.hits(&f.nar_path()), 1);
 }

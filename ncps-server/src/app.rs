@@ -184,6 +184,40 @@ async fn open_db(url: &str, max_conns: usize) -> Result<Arc<dyn MetadataDb>> {
     Ok(db)
 }
 
+/// `--cache-temp-path`, checked to be a writable directory.
+fn temp_dir(options: &ServeOptions) -> Result<PathBuf> {
+    let dir = options
+        .cache_temp_path
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| tempfile::tempfile_in(&dir).map(drop))
+        .map_err(|e| {
+            invalid(
+                "--cache-temp-path",
+                format!("{}: not a writable directory: {e}", dir.display()),
+            )
+        })?;
+    Ok(dir)
+}
+
+/// `--cache-advertise-url`, checked to be an http(s) URL without a query.
+fn advertise_url(options: &ServeOptions) -> Result<Option<String>> {
+    let Some(raw) = &options.cache_advertise_url else {
+        return Ok(None);
+    };
+    match url::Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => {
+            Ok(Some(raw.trim_end_matches('/').to_owned()))
+        }
+        Ok(_) => Err(invalid(
+            "--cache-advertise-url",
+            format!("{raw}: must be an http:// or https:// URL without a query"),
+        )),
+        Err(e) => Err(invalid("--cache-advertise-url", format!("{raw}: {e}"))),
+    }
+}
+
 /// Builds the engine and the state the routes see. Any invalid option is an
 /// [`Error::InvalidInput`] naming it.
 pub async fn build(options: &ServeOptions) -> Result<AppState> {
@@ -265,6 +299,8 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
         sign_narinfo: options.cache_sign_narinfo,
         download_lock_ttl: options.cache_lock_download_ttl,
         negative_ttl: options.cache_negative_narinfo_ttl,
+        temp_dir: temp_dir(options)?,
+        advertise_url: advertise_url(options)?,
         ..CacheOptions::default()
     };
     let cache = Cache::new(storage, lock, db, upstreams, signing_key, cache_options);

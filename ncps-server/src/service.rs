@@ -13,6 +13,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
+use ncps_core::cache::PEER_HEADER;
 use ncps_core::nar_file::NarFile;
 use ncps_core::{Cache, Error, NixHash, StorePathHash};
 
@@ -279,7 +280,12 @@ async fn nar_response(
             None => return Ok(None),
         }
     } else {
-        match cache.nar(file).await? {
+        let nar = if request.contains_key(PEER_HEADER) {
+            cache.nar_for_peer(file).await?
+        } else {
+            cache.nar(file).await?
+        };
+        match nar {
             Some(nar) if zstd => (nar.size, stream_body(encoding::zstd(nar.body))),
             Some(nar) => (nar.size, stream_body(nar.body)),
             None => return Ok(None),

@@ -5,16 +5,56 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
+
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::{NarInfo, NixHash, SigningKey, StorePath, StorePathHash};
 
-/// Files an upstream serves: path -> (status, body).
-type Files = Arc<Mutex<HashMap<String, (StatusCode, Bytes)>>>;
+/// Files an upstream serves: path -> (status, body, where the body pauses).
+type Files = Arc<Mutex<HashMap<String, (StatusCode, Bytes, Option<Gate>)>>>;
+
+/// Holds a body back after its first `at` bytes until opened.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    at: usize,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gate {
+    /// A closed gate pausing bodies after `at` bytes.
+    pub fn new(at: usize) -> Self {
+        Gate {
+            at,
+            open: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Lets every paused body (and every later one) go on.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// The body `bytes`, paused at this gate.
+    fn body(&self, bytes: Bytes) -> BoxBody<Bytes, Infallible> {
+        let at = self.at.min(bytes.len());
+        let (first, rest) = (bytes.slice(..at), bytes.slice(at..));
+        let mut open = self.open.subscribe();
+        let rest = async move {
+            let _ = open.wait_for(|open| *open).await;
+            Ok::<_, Infallible>(Frame::data(rest))
+        };
+        let frames =
+            futures::stream::iter([Ok(Frame::data(first))]).chain(futures::stream::once(rest));
+        BodyExt::boxed(StreamBody::new(frames))
+    }
+}
 
 /// An HTTP upstream serving fixed files, counting requests per path.
 pub struct TestUpstream {
@@ -47,16 +87,24 @@ impl TestUpstream {
                             .get("authorization")
                             .and_then(|v| v.to_str().ok());
                         let denied = wanted.is_some_and(|w| given != Some(w.as_str()));
-                        let (status, body) = if denied {
-                            (StatusCode::UNAUTHORIZED, Bytes::new())
+                        let (status, body, gate) = if denied {
+                            (StatusCode::UNAUTHORIZED, Bytes::new(), None)
                         } else {
-                            f.lock()
-                                .unwrap()
-                                .get(&path)
-                                .cloned()
-                                .unwrap_or((StatusCode::NOT_FOUND, Bytes::new()))
+                            f.lock().unwrap().get(&path).cloned().unwrap_or((
+                                StatusCode::NOT_FOUND,
+                                Bytes::new(),
+                                None,
+                            ))
                         };
-                        let mut response = Response::new(Full::new(body));
+                        let len = body.len();
+                        let body = match gate {
+                            Some(gate) => gate.body(body),
+                            None => Full::new(body).boxed(),
+                        };
+                        let mut response = Response::new(body);
+                        response
+                            .headers_mut()
+                            .insert(hyper::header::CONTENT_LENGTH, len.into());
                         *response.status_mut() = status;
                         async move { Ok::<_, Infallible>(response) }
                     });
@@ -96,7 +144,15 @@ impl TestUpstream {
         self.files
             .lock()
             .unwrap()
-            .insert(path.to_owned(), (status, body.into()));
+            .insert(path.to_owned(), (status, body.into(), None));
+    }
+
+    /// Serves `body` at `path`, pausing each response at `gate`.
+    pub fn put_gated(&self, path: &str, body: impl Into<Bytes>, gate: &Gate) {
+        self.files.lock().unwrap().insert(
+            path.to_owned(),
+            (StatusCode::OK, body.into(), Some(gate.clone())),
+        );
     }
 
     /// Answers 401 to requests without exactly this `Authorization` header.
