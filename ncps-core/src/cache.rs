@@ -194,6 +194,55 @@ impl Cache {
         })
     }
 
+    /// Throws away unfinished writes that no one is doing any more (what a
+    /// crashed instance left in storage): those whose download lock is free,
+    /// and those the backend knows are dead. Returns how many went.
+    pub async fn clean_incomplete(&self) -> Result<usize> {
+        let storage = &self.inner.storage;
+        let mut discarded = 0;
+        for incomplete in storage.incomplete().await? {
+            let guard = match &incomplete.key {
+                Some(key) => {
+                    let lock_key = format!("download:{key}");
+                    let ttl = self.inner.options.download_lock_ttl;
+                    match self.inner.lock.try_acquire(&lock_key, ttl).await? {
+                        Some(guard) => Some(guard),
+                        // Someone is writing it now.
+                        None => continue,
+                    }
+                }
+                None => None,
+            };
+            let result = storage.discard(&incomplete).await;
+            if let Some(guard) = guard {
+                guard.release().await?;
+            }
+            match result {
+                Ok(()) => {
+                    tracing::info!(id = %incomplete.id, age = ?incomplete.age, "discarded an unfinished write");
+                    discarded += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(id = %incomplete.id, error = %e, "cannot discard an unfinished write")
+                }
+            }
+        }
+        Ok(discarded)
+    }
+
+    /// Runs [`Cache::clean_incomplete`] now and then every `interval`, in the background.
+    pub fn spawn_cleanup(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = cache.clean_incomplete().await {
+                    tracing::warn!(error = %e, "cannot look for unfinished writes");
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
         self.inner.db.ping().await

@@ -68,5 +68,5 @@ pub use lock::{HeldLock, Lock, LockGuard};
 pub use metadata::{MetadataDb, NarInfoRecord, NarRecord};
 pub use narinfo::NarInfo;
 pub use signing::{PublicKey, Signature, SigningKey};
-pub use storage::{ByteStream, Storage, StoredObject};
+pub use storage::{ByteStream, Incomplete, Storage, StoredObject};
 pub use store_path::{StorePath, StorePathHash};

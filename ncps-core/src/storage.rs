@@ -88,6 +88,31 @@ pub trait Storage: Send + Sync + Debug {
 
     /// Deletes the object under `key`; returns whether there was one.
     async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Writes that started and never finished, as a crashed process leaves
+    /// them (temporary files, multipart uploads). Some may still be running
+    /// in another process; see [`Incomplete`]. The default: none.
+    async fn incomplete(&self) -> Result<Vec<Incomplete>> {
+        Ok(Vec::new())
+    }
+
+    /// Throws away an unfinished write found by [`Storage::incomplete`].
+    async fn discard(&self, incomplete: &Incomplete) -> Result<()> {
+        let _ = incomplete;
+        Ok(())
+    }
+}
+
+/// An unfinished write: see [`Storage::incomplete`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incomplete {
+    /// The key being written, when the backend knows it: whoever holds that
+    /// key's download lock may still be writing it.
+    pub key: Option<String>,
+    /// The backend's name for the write (a file name, an upload id).
+    pub id: String,
+    /// How long ago it started, when known.
+    pub age: Option<std::time::Duration>,
 }
 
 #[cfg(test)]

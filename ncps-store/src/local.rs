@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use ncps_core::{ByteStream, Error, Result, Storage, StoredObject};
+use ncps_core::{ByteStream, Error, Incomplete, Result, Storage, StoredObject};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
@@ -152,6 +152,16 @@ fn is_missing(e: &io::Error) -> bool {
     )
 }
 
+/// Whether process `pid` (this one included) may still be writing its
+/// temporary files. Where that cannot be told, it is assumed alive.
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
+}
+
 /// A temporary file removed on drop unless persisted, so a failed or
 /// cancelled `put` leaves nothing behind.
 struct TempFile {
@@ -259,6 +269,56 @@ impl Storage for LocalStorage {
             Ok(()) => Ok(true),
             Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(Error::backend(format!("deleting {key}"), e)),
+        }
+    }
+
+    /// Temporary files of processes that are gone (a crash mid-`put`).
+    async fn incomplete(&self) -> Result<Vec<Incomplete>> {
+        let mut found = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&self.tmp).await {
+            Ok(entries) => entries,
+            Err(e) if is_missing(&e) => return Ok(found),
+            Err(e) => return Err(Error::backend(format!("listing {}", self.tmp.display()), e)),
+        };
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| Error::backend(format!("listing {}", self.tmp.display()), e))?
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if process_alive(pid) {
+                continue;
+            }
+            let age = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok());
+            found.push(Incomplete {
+                key: None,
+                id: name,
+                age,
+            });
+        }
+        Ok(found)
+    }
+
+    async fn discard(&self, incomplete: &Incomplete) -> Result<()> {
+        if incomplete.id.contains('/') || !incomplete.id.ends_with(".part") {
+            return Err(Error::InvalidInput(format!(
+                "{}: not a temporary file of this storage",
+                incomplete.id
+            )));
+        }
+        let path = self.tmp.join(&incomplete.id);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(e) => Err(Error::backend(format!("removing {}", path.display()), e)),
         }
     }
 }

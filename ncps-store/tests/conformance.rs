@@ -68,3 +68,28 @@ async fn local_storage_directory_is_not_an_object() {
     assert!(!storage.delete("nar").await.expect("delete"));
     assert!(storage.get("nar/a.nar/b").await.expect("get").is_none());
 }
+
+#[tokio::test]
+async fn a_dead_processs_temporary_files_are_found_and_discarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = LocalStorage::new(dir.path()).expect("LocalStorage::new");
+    let tmp = dir.path().join(".tmp");
+    // Above any pid_max, so never a live process; and one of this process.
+    let dead = "4294967295-0-00000000000000ff.part";
+    let mine = format!("{}-0-00000000000000ff.part", std::process::id());
+    std::fs::write(tmp.join(dead), b"half a NAR").unwrap();
+    std::fs::write(tmp.join(&mine), b"being written").unwrap();
+
+    let found = storage.incomplete().await.expect("incomplete");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].id, dead);
+    storage.discard(&found[0]).await.expect("discard");
+    assert!(!tmp.join(dead).exists());
+    assert!(tmp.join(&mine).exists(), "a live writer's file was touched");
+    let mut outside = found[0].clone();
+    outside.id = "../escape.part".into();
+    assert!(matches!(
+        storage.discard(&outside).await,
+        Err(Error::InvalidInput(_))
+    ));
+}

@@ -187,6 +187,38 @@ mod s3 {
     }
 
     #[tokio::test]
+    async fn a_crashed_writers_multipart_upload_is_found_and_discarded() {
+        let Some(endpoint) = endpoint() else { return };
+        let client = raw_client(&endpoint);
+        let bucket = new_bucket(&client, "incomplete").await;
+        let mut prefixed = config(&endpoint, &bucket);
+        prefixed.prefix = Some("team-a".into());
+        let storage = S3Storage::new(prefixed).await.expect("S3Storage::new");
+        // What a process killed mid-upload leaves: an upload never completed,
+        // plus one of another cache sharing the bucket.
+        for key in ["team-a/nar/left.nar", "team-b/nar/other.nar"] {
+            client
+                .create_multipart_upload()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("CreateMultipartUpload");
+        }
+        let found = storage.incomplete().await.expect("incomplete");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key.as_deref(), Some("nar/left.nar"));
+        storage.discard(&found[0]).await.expect("discard");
+        let left: Vec<String> = multipart_uploads(&client, &bucket)
+            .await
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(left, vec!["team-b/nar/other.nar".to_string()]);
+        assert!(storage.incomplete().await.expect("incomplete").is_empty());
+    }
+
+    #[tokio::test]
     async fn large_objects_round_trip_through_multipart() {
         let Some(endpoint) = endpoint() else { return };
         let client = raw_client(&endpoint);

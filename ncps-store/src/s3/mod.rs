@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use ncps_core::storage::slice;
-use ncps_core::{ByteStream, Error, Result, Storage, StoredObject};
+use ncps_core::{ByteStream, Error, Incomplete, Result, Storage, StoredObject};
 
 use crate::ObjectInfo;
 
@@ -288,6 +288,70 @@ impl Storage for S3Storage {
             .await
             .map_err(|e| map_sdk_error(format!("S3 DeleteObject {object_key}"), e))?;
         Ok(true)
+    }
+
+    /// Multipart uploads never completed nor aborted, under this storage's prefix.
+    async fn incomplete(&self) -> Result<Vec<Incomplete>> {
+        let search = match &self.prefix {
+            Some(prefix) => format!("{prefix}/"),
+            None => String::new(),
+        };
+        let mut found = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&search)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| map_sdk_error(format!("S3 ListMultipartUploads {search}"), e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                let age = upload.initiated().and_then(|t| {
+                    std::time::SystemTime::try_from(*t)
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                });
+                found.push(Incomplete {
+                    key: key.get(search.len()..).map(str::to_owned),
+                    id: format!("{key}\n{id}"),
+                    age,
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn discard(&self, incomplete: &Incomplete) -> Result<()> {
+        let Some((key, id)) = incomplete.id.split_once('\n') else {
+            return Err(Error::InvalidInput(format!(
+                "{:?}: not a multipart upload of this storage",
+                incomplete.id
+            )));
+        };
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(id)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(format!("S3 AbortMultipartUpload {key}"), e))?;
+        Ok(())
     }
 }
 
