@@ -411,7 +411,7 @@ impl Cache {
         let guard = match self.inner.lock.try_acquire(&lock_key, ttl).await? {
             Some(guard) => guard,
             None => {
-                if let Some(body) = self.from_peer(&lock_key, file, &record).await {
+                if let Some(body) = self.stream_from_peer(&lock_key, file, &record).await {
                     return Ok(Some(body));
                 }
                 let guard = self.inner.lock.acquire(&lock_key, ttl).await?;
@@ -448,7 +448,7 @@ impl Cache {
 
     /// Streams a NAR from the peer holding its download lock, checking it as
     /// it comes; `None` if there is no such peer or it cannot serve it.
-    async fn from_peer(
+    async fn stream_from_peer(
         &self,
         lock_key: &str,
         file: &NarFile,
