@@ -243,6 +243,35 @@ impl Cache {
         })
     }
 
+    /// Checks each backend the way a request would use it: the database
+    /// answers, storage answers a lookup, the lock backend hands out and takes
+    /// back a lock. Returns each part's name with its failure, if any.
+    pub async fn readiness(&self) -> Vec<(&'static str, Result<()>)> {
+        let db = self.inner.db.ping();
+        let storage = async {
+            self.inner
+                .storage
+                .head("nar/readiness-probe.nar")
+                .await
+                .map(drop)
+        };
+        let lock = async {
+            let key = "readiness-probe";
+            // Held by a concurrent probe counts as working.
+            match self
+                .inner
+                .lock
+                .try_acquire(key, Duration::from_secs(5))
+                .await?
+            {
+                Some(guard) => guard.release().await,
+                None => Ok(()),
+            }
+        };
+        let (db, storage, lock) = tokio::join!(db, storage, lock);
+        vec![("database", db), ("storage", storage), ("lock", lock)]
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
         self.inner.db.ping().await

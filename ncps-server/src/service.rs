@@ -95,6 +95,7 @@ pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<
             text(StatusCode::OK, "application/json", body.to_string(), head)
         }
         "/healthz" => plain(StatusCode::OK, "ok", head),
+        "/readyz" => readiness(&state, head).await,
         "/nix-cache-info" => text(
             StatusCode::OK,
             "text/x-nix-cache-info",
@@ -120,6 +121,31 @@ pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<
         }
     };
     Ok(response)
+}
+
+/// `/readyz`: 200 when the database, storage and lock backend all work,
+/// else 503 naming each part that does not.
+async fn readiness(state: &AppState, head: bool) -> Response<Body> {
+    let mut failing = Vec::new();
+    for (part, result) in state.cache.readiness().await {
+        if let Err(e) = result {
+            failing.push(format!("{part}: {e}"));
+        }
+    }
+    let mut response = if failing.is_empty() {
+        plain(StatusCode::OK, "ready", head)
+    } else {
+        tracing::warn!(failing = ?failing, "not ready");
+        plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", failing.join("; ")),
+            head,
+        )
+    };
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+    response
 }
 
 /// Cache lifetime of what never changes for its name: NARs and narinfos.

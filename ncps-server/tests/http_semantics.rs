@@ -311,3 +311,20 @@ async fn private_upstream_through_netrc_file_without_leaking_it() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_and_readiness_answer_and_are_never_cached() {
+    let (_upstream, _f, proxy) = setup(1000).await;
+    for (path, body) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+        let response = client()
+            .get(format!("{}{path}", proxy.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        if path == "/readyz" {
+            assert_eq!(response.headers()["cache-control"], "no-store");
+        }
+        assert_eq!(response.text().await.unwrap(), body, "{path}");
+    }
+}
