@@ -328,8 +328,9 @@ pub async fn storage_conformance(storage: &dyn Storage) {
 /// Checks the [`Lock`] contract on a `lock` nobody else uses.
 ///
 /// Covers acquire/release, `try_acquire` on held and free keys, a second
-/// `acquire` waiting for the release, expiry after the TTL, release on drop,
-/// and mutual exclusion among many tasks.
+/// `acquire` waiting for the release, expiry after the TTL, `extend` (keeping
+/// a lock past its first TTL, and doing nothing once another holder took an
+/// expired lock), release on drop, and mutual exclusion among many tasks.
 pub async fn lock_conformance(lock: Arc<dyn Lock>) {
     let long = Duration::from_secs(60);
 
@@ -451,6 +452,69 @@ pub async fn lock_conformance(lock: Arc<dyn Lock>) {
     let _ = stale.release().await;
     taken.release().await.expect("lock: release failed");
 
+    // extend keeps a lock past its first TTL.
+    let short = Duration::from_secs(1);
+    let extended = lock
+        .acquire("conformance/extend", short)
+        .await
+        .expect("lock: acquire failed");
+    assert!(
+        extended.extend(long).await.expect("lock: extend failed"),
+        "lock: extend of a held lock returned false"
+    );
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+    assert!(
+        lock.try_acquire("conformance/extend", long)
+            .await
+            .expect("lock: try_acquire failed")
+            .is_none(),
+        "lock: an extended lock expired with its first TTL"
+    );
+    extended.release().await.expect("lock: release failed");
+    lock.try_acquire("conformance/extend", long)
+        .await
+        .expect("lock: try_acquire failed")
+        .expect("lock: an extended lock was not freed by its release")
+        .release()
+        .await
+        .expect("lock: release failed");
+
+    // extend and release of a lock that expired, and that another then took, change nothing.
+    let stale = lock
+        .acquire("conformance/extend-stale", ttl)
+        .await
+        .expect("lock: acquire failed");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert!(
+        !stale.extend(long).await.expect("lock: extend failed"),
+        "lock: extend of an expired lock returned true"
+    );
+    let taker = lock
+        .try_acquire("conformance/extend-stale", long)
+        .await
+        .expect("lock: try_acquire failed")
+        .expect("lock: try_acquire gave None for a lock whose TTL expired");
+    assert!(
+        !stale.extend(long).await.expect("lock: extend failed"),
+        "lock: extend of a lock another holder took returned true"
+    );
+    stale
+        .release()
+        .await
+        .expect("lock: release of a lock another holder took failed");
+    assert!(
+        lock.try_acquire("conformance/extend-stale", long)
+            .await
+            .expect("lock: try_acquire failed")
+            .is_none(),
+        "lock: extend or release by an old holder freed the new holder's lock"
+    );
+    assert!(
+        taker.extend(long).await.expect("lock: extend failed"),
+        "lock: the new holder's extend returned false"
+    );
+    taker.release().await.expect("lock: release failed");
+
     // Dropping a guard releases it, eventually.
     let dropped = lock
         .acquire("conformance/drop", long)
@@ -475,20 +539,88 @@ pub async fn lock_conformance(lock: Arc<dyn Lock>) {
         .expect("lock: release failed");
 
     // Many tasks under the lock never overlap.
+    contend(&[lock], "conformance/counter", 20).await;
+}
+
+/// Checks that two instances of one backend sharing their locks (two clients
+/// of one lock server, as two processes would be) exclude each other.
+///
+/// A key held through one is held for the other, a release through one frees
+/// it for an `acquire` waiting on the other, and 32 tasks split across both
+/// never overlap. For a backend without shared state, pass two clones of one
+/// instance. Run it on a multi-threaded runtime so the tasks really overlap.
+pub async fn lock_exclusion(a: Arc<dyn Lock>, b: Arc<dyn Lock>) {
+    let long = Duration::from_secs(60);
+    let key = "exclusion/handover";
+    let held = a
+        .try_acquire(key, long)
+        .await
+        .expect("exclusion: try_acquire failed")
+        .expect("exclusion: try_acquire of a free key gave None");
+    assert!(
+        b.try_acquire(key, long)
+            .await
+            .expect("exclusion: try_acquire failed")
+            .is_none(),
+        "exclusion: a key held through one instance was free for the other"
+    );
+    let released = Arc::new(AtomicBool::new(false));
+    let (started_tx, started_rx) = oneshot::channel();
+    let waiter = {
+        let b = Arc::clone(&b);
+        let released = Arc::clone(&released);
+        tokio::spawn(async move {
+            let _ = started_tx.send(());
+            let guard = b
+                .acquire(key, long)
+                .await
+                .expect("exclusion: acquire failed");
+            (guard, released.load(Ordering::SeqCst))
+        })
+    };
+    timeout(STEP, started_rx)
+        .await
+        .expect("exclusion: waiting task never started")
+        .expect("exclusion: waiting task died before starting");
+    // Give the waiter time to block in `acquire`; the ordering is checked
+    // with the `released` flag, not by this pause.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    released.store(true, Ordering::SeqCst);
+    held.release().await.expect("exclusion: release failed");
+    let (guard, saw_release) = timeout(STEP, waiter)
+        .await
+        .expect("exclusion: an acquire on one instance still waits after the release on the other")
+        .expect("exclusion: the waiting task panicked");
+    assert!(
+        saw_release,
+        "exclusion: an acquire on one instance got a key the other still held"
+    );
+    assert!(
+        a.try_acquire(key, long)
+            .await
+            .expect("exclusion: try_acquire failed")
+            .is_none(),
+        "exclusion: a key taken through the second instance was free for the first"
+    );
+    guard.release().await.expect("exclusion: release failed");
+
+    contend(&[a, b], "exclusion/counter", 32).await;
+}
+
+/// `tasks` tasks, spread over `locks` in turn, each taking `key` once: none
+/// may hold it while another does, and no increment made under it is lost.
+async fn contend(locks: &[Arc<dyn Lock>], key: &'static str, tasks: u64) {
+    let long = Duration::from_secs(60);
     let inside = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done_rx) = mpsc::channel(32);
-    let tasks = 20;
     for task in 0..tasks {
-        let lock = Arc::clone(&lock);
+        let lock = Arc::clone(&locks[task as usize % locks.len()]);
         let inside = Arc::clone(&inside);
         let counter = Arc::clone(&counter);
         let done_tx = done_tx.clone();
         tokio::spawn(async move {
-            let guard = lock
-                .acquire("conformance/counter", long)
-                .await
-                .expect("lock: acquire failed");
+            let guard = lock.acquire(key, long).await.expect("lock: acquire failed");
             let overlapped = inside.swap(true, Ordering::SeqCst);
             // Read, yield, write: lost updates show up if two tasks overlap.
             let value = counter.load(Ordering::SeqCst);

@@ -7,7 +7,7 @@ use ncps_core::netrc::Netrc;
 use ncps_core::upstream::{Upstream, UpstreamConfig, UpstreamOptions, bind_keys};
 use ncps_core::{Cache, CacheOptions, Error, Lock, MetadataDb, Result, SigningKey, Storage};
 
-use crate::options::{DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_KEY, ServeOptions};
+use crate::options::{DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_KEY, LockBackend, ServeOptions};
 use crate::service::AppState;
 
 /// How often every upstream's nix-cache-info is checked.
@@ -164,15 +164,123 @@ fn open_local_storage(dir: &Path) -> Result<Arc<dyn Storage>> {
     }
 }
 
-fn open_lock() -> Result<Arc<dyn Lock>> {
+/// Opens the lock backend of `--cache-lock-backend`: `redis` by default when
+/// `--cache-redis-addrs` is set, else `local`.
+async fn open_lock(options: &ServeOptions) -> Result<Arc<dyn Lock>> {
+    let addrs: Vec<String> = options
+        .cache_redis_addrs
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let backend = options.cache_lock_backend.unwrap_or(if addrs.is_empty() {
+        LockBackend::Local
+    } else {
+        LockBackend::Redis
+    });
+    match backend {
+        LockBackend::Local => open_local_lock(),
+        LockBackend::Redis if addrs.is_empty() => Err(invalid(
+            "--cache-lock-backend",
+            "redis needs --cache-redis-addrs",
+        )),
+        LockBackend::Redis => open_redis_lock(options, addrs).await,
+    }
+}
+
+fn open_local_lock() -> Result<Arc<dyn Lock>> {
     #[cfg(feature = "local-lock")]
     {
         Ok(Arc::new(ncps_lock::LocalLock::new()))
     }
     #[cfg(not(feature = "local-lock"))]
     {
-        Err(Error::InvalidInput("built without local locks".into()))
+        Err(invalid(
+            "--cache-lock-backend",
+            "local: built without local locks (feature `local-lock`)",
+        ))
     }
+}
+
+/// Opens Redis locks labelled with `--cache-advertise-url`, behind the
+/// in-process fallback with `--cache-lock-allow-degraded-mode`. Redis is
+/// asked once: if it cannot answer, the server starts anyway (lock calls
+/// answer 503 until it is back, or lock in-process in degraded mode); if it
+/// refuses us (a wrong password or database), that is an invalid option.
+#[cfg(feature = "redis-lock")]
+async fn open_redis_lock(options: &ServeOptions, addrs: Vec<String>) -> Result<Arc<dyn Lock>> {
+    let db = options.cache_redis_db;
+    if db < 0 {
+        return Err(invalid("--cache-redis-db", format!("{db} is negative")));
+    }
+    if db != 0 && addrs.len() > 1 {
+        return Err(invalid(
+            "--cache-redis-db",
+            format!("{db}: a Redis Cluster (several --cache-redis-addrs) has only database 0"),
+        ));
+    }
+    if options.cache_redis_pool_size == 0 {
+        return Err(invalid("--cache-redis-pool-size", "must be at least 1"));
+    }
+    if options.cache_lock_retry_max_attempts == 0 {
+        return Err(invalid(
+            "--cache-lock-retry-max-attempts",
+            "must be at least 1",
+        ));
+    }
+    let redis = ncps_lock::RedisLock::new(ncps_lock::RedisLockOptions {
+        addrs,
+        username: options.cache_redis_username.clone(),
+        password: options
+            .cache_redis_password
+            .as_ref()
+            .map(|s| s.expose().to_owned()),
+        db,
+        use_tls: options.cache_redis_use_tls,
+        pool_size: options.cache_redis_pool_size,
+        key_prefix: options.cache_lock_redis_key_prefix.clone(),
+        retry: ncps_lock::RetryPolicy {
+            max_attempts: options.cache_lock_retry_max_attempts,
+            initial_delay: options.cache_lock_retry_initial_delay,
+            max_delay: options.cache_lock_retry_max_delay,
+            jitter: options.cache_lock_retry_jitter,
+        },
+        label: advertise_url(options)?,
+    })
+    .map_err(|e| invalid("--cache-redis-addrs", e))?;
+    let degraded_mode = options.cache_lock_allow_degraded_mode;
+    match redis.ping().await {
+        Ok(()) => tracing::info!(
+            addrs = redis.addrs(),
+            key_prefix = %options.cache_lock_redis_key_prefix,
+            degraded_mode,
+            "Redis locks ready"
+        ),
+        Err(Error::Unavailable(why)) if degraded_mode => tracing::warn!(
+            error = %why,
+            "Redis is unavailable at start: locking within this instance only until it answers (degraded mode)"
+        ),
+        Err(Error::Unavailable(why)) => tracing::warn!(
+            error = %why,
+            "Redis is unavailable at start: requests that need a lock answer 503 until it answers"
+        ),
+        Err(e) => return Err(invalid("--cache-redis-addrs", e)),
+    }
+    let redis: Arc<dyn Lock> = Arc::new(redis);
+    Ok(if degraded_mode {
+        Arc::new(ncps_lock::DegradableLock::new(redis))
+    } else {
+        redis
+    })
+}
+
+#[cfg(not(feature = "redis-lock"))]
+async fn open_redis_lock(_options: &ServeOptions, _addrs: Vec<String>) -> Result<Arc<dyn Lock>> {
+    Err(invalid(
+        "--cache-lock-backend",
+        "redis: built without Redis locks (feature `redis-lock`)",
+    ))
 }
 
 /// Opens the metadata database by its URL's scheme (SQLite, PostgreSQL or
@@ -284,7 +392,7 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
     .await;
 
     let storage = open_storage(options, &data_dir).await?;
-    let lock = open_lock()?;
+    let lock = open_lock(options).await?;
     let db = open_db(&database_url, options.cache_database_pool_max_open_conns).await?;
     let signing_key = match &options.cache_secret_key_path {
         Some(path) => std::fs::read_to_string(path)

@@ -167,6 +167,71 @@ pub struct ServeOptions {
     #[arg(long, env = "CACHE_LOCK_DOWNLOAD_TTL", default_value = "5m", value_parser = parse_duration)]
     pub cache_lock_download_ttl: Duration,
 
+    /// Where download locks live: `local` (this process only) or `redis`
+    /// (shared by every instance). Default: `redis` when
+    /// `--cache-redis-addrs` is set, else `local`.
+    #[arg(long, env = "CACHE_LOCK_BACKEND", value_enum)]
+    pub cache_lock_backend: Option<LockBackend>,
+
+    /// Prefix of every lock key in Redis, so several caches can share one Redis.
+    #[arg(
+        long,
+        env = "CACHE_LOCK_REDIS_KEY_PREFIX",
+        default_value = "ncps:lock:"
+    )]
+    pub cache_lock_redis_key_prefix: String,
+
+    /// How many times a failing call to the lock server is tried in all.
+    #[arg(long, env = "CACHE_LOCK_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub cache_lock_retry_max_attempts: u32,
+
+    /// The first delay between tries, doubling up to `--cache-lock-retry-max-delay`;
+    /// also how often a waiting instance first asks again for a held lock.
+    #[arg(long, env = "CACHE_LOCK_RETRY_INITIAL_DELAY", default_value = "100ms", value_parser = parse_duration)]
+    pub cache_lock_retry_initial_delay: Duration,
+
+    /// The longest delay between tries.
+    #[arg(long, env = "CACHE_LOCK_RETRY_MAX_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub cache_lock_retry_max_delay: Duration,
+
+    /// Whether the delays are randomised, so instances do not retry in step.
+    #[arg(long, env = "CACHE_LOCK_RETRY_JITTER", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_lock_retry_jitter: bool,
+
+    /// While Redis is unavailable, lock within this instance only instead of
+    /// answering 503 (instances may then download the same NAR twice).
+    #[arg(long, env = "CACHE_LOCK_ALLOW_DEGRADED_MODE", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_lock_allow_degraded_mode: bool,
+
+    /// Redis addresses `host:port`, comma-separated: one server, or the seed
+    /// nodes of one Redis Cluster. Setting them makes `redis` the default
+    /// `--cache-lock-backend`.
+    #[arg(long, env = "CACHE_REDIS_ADDRS", value_delimiter = ',')]
+    pub cache_redis_addrs: Vec<String>,
+
+    /// Redis ACL user name.
+    #[arg(long, env = "CACHE_REDIS_USERNAME")]
+    pub cache_redis_username: Option<String>,
+
+    /// Redis password.
+    #[arg(long, env = "CACHE_REDIS_PASSWORD", hide_env_values = true)]
+    pub cache_redis_password: Option<Secret>,
+
+    /// Redis database number (0 with a Redis Cluster).
+    #[arg(long, env = "CACHE_REDIS_DB", default_value_t = 0)]
+    pub cache_redis_db: i64,
+
+    /// Talk TLS to Redis, checking its certificate against the system's root certificates.
+    #[arg(long, env = "CACHE_REDIS_USE_TLS", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_redis_use_tls: bool,
+
+    /// Most connections open to Redis at once.
+    #[arg(long, env = "CACHE_REDIS_POOL_SIZE", default_value_t = 10)]
+    pub cache_redis_pool_size: usize,
+
     /// Directory for downloads in progress (default: the OS temp dir). Files
     /// there are unlinked at once, so a crash leaves nothing behind.
     #[arg(long, env = "CACHE_TEMP_PATH")]
@@ -177,6 +242,15 @@ pub struct ServeOptions {
     /// downloading streams it from here instead of waiting for the download.
     #[arg(long, env = "CACHE_ADVERTISE_URL")]
     pub cache_advertise_url: Option<String>,
+}
+
+/// `--cache-lock-backend`: where download locks live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LockBackend {
+    /// In this process only: for a single instance.
+    Local,
+    /// In Redis, shared by every instance.
+    Redis,
 }
 
 /// A secret option value (a password or key): `Debug` never shows it.
@@ -250,5 +324,41 @@ mod tests {
             e.to_string().contains("--cache-upstream-dialer-timeout"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn lock_options_have_ncps_defaults() {
+        let (_, options) = Cli::try_parse_from(["ncps-server"])
+            .unwrap()
+            .serve_options();
+        assert_eq!(options.cache_lock_backend, None);
+        assert!(options.cache_redis_addrs.is_empty());
+        assert_eq!(options.cache_redis_db, 0);
+        assert_eq!(options.cache_redis_pool_size, 10);
+        assert!(!options.cache_redis_use_tls);
+        assert_eq!(options.cache_lock_redis_key_prefix, "ncps:lock:");
+        assert_eq!(options.cache_lock_retry_max_attempts, 3);
+        assert_eq!(
+            options.cache_lock_retry_initial_delay,
+            Duration::from_millis(100)
+        );
+        assert_eq!(options.cache_lock_retry_max_delay, Duration::from_secs(2));
+        assert!(options.cache_lock_retry_jitter);
+        assert!(!options.cache_lock_allow_degraded_mode);
+
+        let (_, options) = Cli::try_parse_from([
+            "ncps-server",
+            "--cache-redis-addrs",
+            "a:1,b:2",
+            "--cache-lock-backend",
+            "redis",
+            "--cache-redis-password",
+            "hunter2",
+        ])
+        .unwrap()
+        .serve_options();
+        assert_eq!(options.cache_redis_addrs, ["a:1", "b:2"]);
+        assert_eq!(options.cache_lock_backend, Some(LockBackend::Redis));
+        assert!(!format!("{options:?}").contains("hunter2"));
     }
 }

@@ -1,0 +1,277 @@
+//! The lock options (`--cache-lock-*`, `--cache-redis-*`): options that
+//! cannot work exit naming themselves, a Redis that is down at start does not
+//! stop the server, and the config file keys reach the server. Only the
+//! refused-login test needs a Redis (`NCPS_TEST_REDIS_URL`, see
+//! `.ci/redis.sh`); the HA tests cover locking through Redis end to end.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_ncps-server");
+
+/// Tests must not reach the internet: outside requests go to a loopback
+/// proxy that refuses them, and the upstream is a dead loopback port.
+const DEAD_PROXY: &str = "http://127.0.0.1:9";
+const UPSTREAM: &[&str] = &[
+    "--cache-upstream-url",
+    "http://127.0.0.1:9",
+    "--cache-upstream-public-key",
+    "up-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg=",
+];
+
+fn command(home: &Path) -> Command {
+    let mut command = Command::new(SERVER);
+    command
+        .env_clear()
+        .env("HOME", home)
+        .env("HTTPS_PROXY", DEAD_PROXY)
+        .env("HTTP_PROXY", DEAD_PROXY)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .args(UPSTREAM)
+        .arg("--cache-storage-local")
+        .arg(home.join("data"));
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An address where nothing listens.
+fn closed_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Runs the server expecting it to exit (bounded: it would otherwise serve).
+fn run_expecting_exit(home: &Path, args: &[&str]) -> Output {
+    let port = free_port().to_string();
+    let mut child = command(home)
+        .args(["--server-addr", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    panic!(
+        "{args:?}: the server did not exit within 30 s:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+struct Running {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server on `port` with `args` and `envs`; waits until
+/// `/healthz` answers 200.
+fn start(home: &Path, port: u16, args: &[&str], envs: &[(&str, &str)]) -> Running {
+    let log = home.join("server.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = command(home)
+        .args(["--server-addr", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let mut running = Running { child, log };
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .unwrap();
+    for _ in 0..400 {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            panic!("the server exited ({status}):\n{}", running.log());
+        }
+        if client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the server never answered:\n{}", running.log());
+}
+
+#[test]
+fn lock_options_that_cannot_work_exit_naming_the_option() {
+    let home = tempfile::tempdir().unwrap();
+    let closed = closed_addr();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--cache-lock-backend", "redis"], "--cache-lock-backend"),
+        (
+            &["--cache-lock-backend", "memcached"],
+            "--cache-lock-backend",
+        ),
+        (
+            &["--cache-redis-addrs", "redis://127.0.0.1:6379"],
+            "--cache-redis-addrs",
+        ),
+        (
+            &["--cache-redis-addrs", "127.0.0.1:6379,nonsense"],
+            "--cache-redis-addrs",
+        ),
+        (
+            &["--cache-redis-addrs", &closed, "--cache-redis-db=-1"],
+            "--cache-redis-db",
+        ),
+        (
+            &[
+                "--cache-redis-addrs",
+                "127.0.0.1:1,127.0.0.1:2",
+                "--cache-redis-db",
+                "1",
+            ],
+            "--cache-redis-db",
+        ),
+        (
+            &[
+                "--cache-redis-addrs",
+                &closed,
+                "--cache-redis-pool-size",
+                "0",
+            ],
+            "--cache-redis-pool-size",
+        ),
+        (
+            &[
+                "--cache-redis-addrs",
+                &closed,
+                "--cache-lock-retry-max-attempts",
+                "0",
+            ],
+            "--cache-lock-retry-max-attempts",
+        ),
+        (
+            &["--cache-lock-retry-initial-delay", "soon"],
+            "--cache-lock-retry-initial-delay",
+        ),
+        (
+            &["--cache-lock-allow-degraded-mode", "maybe"],
+            "--cache-lock-allow-degraded-mode",
+        ),
+    ];
+    for (args, option) in cases {
+        let out = run_expecting_exit(home.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr.contains(option),
+            "{args:?}: stderr does not name {option}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn redis_down_at_start_does_not_stop_the_server() {
+    for degraded in ["false", "true"] {
+        let home = tempfile::tempdir().unwrap();
+        let closed = closed_addr();
+        let server = start(
+            home.path(),
+            free_port(),
+            &[
+                "--cache-redis-addrs",
+                &closed,
+                "--cache-lock-allow-degraded-mode",
+                degraded,
+            ],
+            &[],
+        );
+        let log = server.log();
+        assert!(
+            log.contains("Redis is unavailable at start") && log.contains(&closed),
+            "degraded mode {degraded}: no warning naming Redis:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn config_file_keys_reach_the_lock_options() {
+    let home = tempfile::tempdir().unwrap();
+    let closed = closed_addr();
+    let config = home.path().join("ncps.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache:\n  redis:\n    addrs: [\"{closed}\"]\n    db: 0\n    pool-size: 4\n    use-tls: false\n  lock:\n    backend: redis\n    allow-degraded-mode: true\n    redis:\n      key-prefix: \"test:lock:\"\n    retry:\n      max-attempts: 2\n      initial-delay: 50ms\n      max-delay: 1s\n      jitter: false\n"
+        ),
+    )
+    .unwrap();
+    let server = start(
+        home.path(),
+        free_port(),
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let log = server.log();
+    assert!(
+        log.contains("degraded mode") && log.contains(&closed),
+        "the config file's Redis and degraded mode did not reach the server:\n{log}"
+    );
+    assert!(
+        !log.contains("not supported"),
+        "a lock config key was not recognised:\n{log}"
+    );
+}
+
+#[test]
+fn a_refused_redis_login_exits_without_showing_the_password() {
+    let Some(url) = ncps_core::testkit::service(
+        "a_refused_redis_login_exits_without_showing_the_password",
+        "NCPS_TEST_REDIS_URL",
+        "source .ci/redis.sh",
+    ) else {
+        return;
+    };
+    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+    let home = tempfile::tempdir().unwrap();
+    let secret = "wrong-password-5d21";
+    let out = run_expecting_exit(
+        home.path(),
+        &[
+            "--cache-redis-addrs",
+            addr,
+            "--cache-redis-username",
+            "nobody",
+            "--cache-redis-password",
+            secret,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a refused login was accepted");
+    assert!(stderr.contains("--cache-redis-addrs"), "{stderr}");
+    assert!(!stderr.contains(secret), "the password shows: {stderr}");
+}
