@@ -2,6 +2,8 @@
 //! mysql_async connections.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,8 +22,16 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/mysql/0001_
 /// Pool size when none is given (ncps's default for MySQL).
 const DEFAULT_MAX_CONNS: usize = 25;
 
-/// How long opening a connection, or waiting for a free one, may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a connection, or waiting for a free one, may take (as
+/// long as PostgreSQL's connect timeout, so both fail alike).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one statement may take. A server that stopped answering (a
+/// frozen host, a network dropping packets) keeps its connections open but
+/// never replies; without this a request would wait for it forever. Every
+/// statement here reads or writes a few rows by key, so one this slow means
+/// the database is unusable for a cache anyway.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an instance waits for another one's migration to finish, in seconds.
 const MIGRATION_LOCK_WAIT_SECS: i64 = 120;
@@ -135,54 +145,69 @@ impl MysqlDb {
         sql: &str,
         params: Vec<Value>,
     ) -> Result<Option<Row>> {
-        let mut attempt = 1;
-        loop {
-            let mut conn = self.conn(context).await?;
-            match conn
-                .exec_first::<Row, _, _>(sql, Params::Positional(params.clone()))
-                .await
-            {
-                Err(e) if is_retryable(&e) && attempt < ATTEMPTS => attempt += 1,
-                result => return result.map_err(|e| self.error(context, e)),
-            }
-        }
+        self.run(context, sql, params, |conn, sql, params| {
+            conn.exec_first(sql, params)
+        })
+        .await
     }
 
     /// Runs one statement returning any number of rows, retrying deadlocks.
     async fn exec(&self, context: &str, sql: &str, params: Vec<Value>) -> Result<Vec<Row>> {
-        let mut attempt = 1;
-        loop {
-            let mut conn = self.conn(context).await?;
-            match conn
-                .exec::<Row, _, _>(sql, Params::Positional(params.clone()))
-                .await
-            {
-                Err(e) if is_retryable(&e) && attempt < ATTEMPTS => attempt += 1,
-                result => return result.map_err(|e| self.error(context, e)),
-            }
-        }
+        self.run(context, sql, params, |conn, sql, params| {
+            conn.exec(sql, params)
+        })
+        .await
     }
 
     /// Runs one statement and returns the number of rows it changed,
     /// retrying deadlocks.
     async fn exec_drop(&self, context: &str, sql: &str, params: Vec<Value>) -> Result<u64> {
+        self.run(context, sql, params, |conn, sql, params| {
+            Box::pin(async move {
+                conn.exec_drop(sql, params).await?;
+                Ok(conn.affected_rows())
+            })
+        })
+        .await
+    }
+
+    /// Runs `sql` on a pooled connection with `call`, retrying deadlocks.
+    /// Each try has [`STATEMENT_TIMEOUT`]; a connection that does not answer
+    /// in time is dropped and the database counts as unavailable.
+    async fn run<T>(
+        &self,
+        context: &str,
+        sql: &str,
+        params: Vec<Value>,
+        call: for<'a> fn(&'a mut Conn, &'a str, Params) -> Call<'a, T>,
+    ) -> Result<T> {
         let mut attempt = 1;
         loop {
             let mut conn = self.conn(context).await?;
-            match conn
-                .exec_drop(sql, Params::Positional(params.clone()))
-                .await
-            {
+            let params = Params::Positional(params.clone());
+            let answered =
+                tokio::time::timeout(STATEMENT_TIMEOUT, call(&mut conn, sql, params)).await;
+            let Ok(result) = answered else {
+                // mysql_async marks a connection broken while a command is in
+                // flight, so the pool closes it rather than reuse it (one left
+                // mid-rows is drained before reuse).
+                drop(conn);
+                return Err(Error::Unavailable(format!(
+                    "{context}: database {}: no answer within {STATEMENT_TIMEOUT:?}",
+                    self.url
+                )));
+            };
+            match result {
                 Err(e) if is_retryable(&e) && attempt < ATTEMPTS => attempt += 1,
-                result => {
-                    return result
-                        .map(|()| conn.affected_rows())
-                        .map_err(|e| self.error(context, e));
-                }
+                result => return result.map_err(|e| self.error(context, e)),
             }
         }
     }
 }
+
+/// A statement running on a connection, as [`MysqlDb::run`] calls it.
+type Call<'a, T> =
+    Pin<Box<dyn Future<Output = std::result::Result<T, mysql_async::Error>> + Send + 'a>>;
 
 /// The connection options a URL names. The password never appears in errors.
 fn parse_opts(url: &str, max_size: usize) -> Result<Opts> {

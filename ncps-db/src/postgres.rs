@@ -2,6 +2,8 @@
 //! tokio-postgres connections.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use ncps_core::{Error, MetadataDb, NarInfoRecord, NarRecord, Result};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Config, NoTls, Row};
+use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
 use crate::db_url::{DbUrl, redact_url};
 use crate::values::{size_from_db, size_to_db, unix_now};
@@ -33,6 +35,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a call waits for a free connection when all are busy.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one statement may take. A server that stopped answering (a
+/// frozen host, a network dropping packets) keeps its connections open but
+/// never replies; without this a request would wait for it forever. Every
+/// statement here reads or writes a few rows by key, so one this slow means
+/// the database is unusable for a cache anyway.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many times a statement is tried when the server reports a deadlock or
 /// serialization failure, which retrying resolves.
@@ -133,18 +142,10 @@ impl PostgresDb {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>> {
-        let mut attempt = 1;
-        loop {
-            let client = self.client(context).await?;
-            let result = match client.prepare_cached(sql).await {
-                Ok(statement) => client.query_opt(&statement, params).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e) if is_retryable(&e) && attempt < ATTEMPTS => attempt += 1,
-                result => return result.map_err(|e| self.error(context, e)),
-            }
-        }
+        self.run(context, sql, params, |client, statement, params| {
+            Box::pin(client.query_opt(statement, params))
+        })
+        .await
     }
 
     /// Runs one statement returning any number of rows, retrying deadlocks.
@@ -154,18 +155,10 @@ impl PostgresDb {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>> {
-        let mut attempt = 1;
-        loop {
-            let client = self.client(context).await?;
-            let result = match client.prepare_cached(sql).await {
-                Ok(statement) => client.query(&statement, params).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e) if is_retryable(&e) && attempt < ATTEMPTS => attempt += 1,
-                result => return result.map_err(|e| self.error(context, e)),
-            }
-        }
+        self.run(context, sql, params, |client, statement, params| {
+            Box::pin(client.query(statement, params))
+        })
+        .await
     }
 
     /// Runs one statement and returns the number of rows it changed,
@@ -176,12 +169,38 @@ impl PostgresDb {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64> {
+        self.run(context, sql, params, |client, statement, params| {
+            Box::pin(client.execute(statement, params))
+        })
+        .await
+    }
+
+    /// Prepares `sql` on a pooled connection and runs it with `call`,
+    /// retrying deadlocks. Each try has [`STATEMENT_TIMEOUT`]; a connection
+    /// that does not answer in time is dropped, not pooled again, and the
+    /// database counts as unavailable.
+    async fn run<T>(
+        &self,
+        context: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        call: for<'a> fn(&'a Client, &'a Statement, &'a [&'a (dyn ToSql + Sync)]) -> Call<'a, T>,
+    ) -> Result<T> {
         let mut attempt = 1;
         loop {
             let client = self.client(context).await?;
-            let result = match client.prepare_cached(sql).await {
-                Ok(statement) => client.execute(&statement, params).await,
-                Err(e) => Err(e),
+            let answered = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+                let statement = client.prepare_cached(sql).await?;
+                call(&client, &statement, params).await
+            })
+            .await;
+            let Ok(result) = answered else {
+                // Its reply may still come, so the connection cannot serve anyone else.
+                drop(Object::take(client));
+                return Err(Error::Unavailable(format!(
+                    "{context}: database {}: no answer within {STATEMENT_TIMEOUT:?}",
+                    self.url
+                )));
             };
             match result {
                 Err(e) if is_retryable(&e) && attempt < ATTEMPTS => attempt += 1,
@@ -190,6 +209,10 @@ impl PostgresDb {
         }
     }
 }
+
+/// A statement running on a connection, as [`PostgresDb::run`] calls it.
+type Call<'a, T> =
+    Pin<Box<dyn Future<Output = std::result::Result<T, tokio_postgres::Error>> + Send + 'a>>;
 
 /// The connection settings a URL names. The password never appears in errors.
 fn parse_config(url: &str) -> Result<Config> {

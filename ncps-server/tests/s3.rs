@@ -19,8 +19,6 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use common::*;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_ncps-server");
 
@@ -280,58 +278,6 @@ fn missing_bucket_from_the_config_file_is_named_with_its_endpoint() {
     assert_refused(&output, &[&bucket_chain, &endpoint, "no such bucket"]);
 }
 
-/// A TCP relay to S3 that can be cut (connections refused, open ones
-/// dropped) and restored at the same address: an S3 outage on demand.
-struct S3Gate {
-    addr: std::net::SocketAddr,
-    upstream: String,
-    task: Option<JoinHandle<()>>,
-}
-
-impl S3Gate {
-    async fn open(endpoint: &str) -> S3Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let upstream = endpoint.trim_start_matches("http://").to_string();
-        let task = Some(tokio::spawn(Self::relay(listener, upstream.clone())));
-        S3Gate {
-            addr,
-            upstream,
-            task,
-        }
-    }
-
-    async fn relay(listener: TcpListener, upstream: String) {
-        // Dropping the set (when this task is aborted) cuts every connection.
-        let mut connections = JoinSet::new();
-        while let Ok((mut client, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            connections.spawn(async move {
-                if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn cut(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-
-    async fn restore(&mut self) {
-        self.cut().await;
-        let listener = TcpListener::bind(self.addr).await.expect("rebind");
-        self.task = Some(tokio::spawn(Self::relay(listener, self.upstream.clone())));
-    }
-}
-
 /// A fresh database on the PostgreSQL server at `server`; its URL.
 async fn fresh_postgres(server: &str) -> String {
     let nanos = SystemTime::now()
@@ -394,14 +340,15 @@ async fn copy_through_s3(endpoint: &str, database: Option<String>) {
     let endpoint = endpoint.to_string();
     let s3 = s3_client(&endpoint);
     let bucket = new_bucket(&s3, "e2e").await;
-    let mut gate = S3Gate::open(&endpoint).await;
+    // S3 through a relay, so it can go down and come back at the same address.
+    let mut gate = Relay::start(endpoint.trim_start_matches("http://")).await;
 
     let fx = nix_fixture();
     let c = Compression::Xz;
     let mut upstream = StaticServer::start(fx.cache(c)).await;
     let mut config =
         ProxyConfig::new(upstream.url(), &[&fx.upstream_key.public]).secret_key(&fx.proxy_key);
-    config.extra_args = s3_args(&gate.endpoint(), &bucket, "cache-a");
+    config.extra_args = s3_args(&gate.url(), &bucket, "cache-a");
     if let Some(database) = database {
         config
             .extra_args
@@ -449,7 +396,7 @@ async fn copy_through_s3(endpoint: &str, database: Option<String>) {
         narinfo_field(&text, "URL").expect("narinfo URL")
     );
     upstream.stop().await;
-    gate.cut().await;
+    gate.refuse().await;
     let started = Instant::now();
     let during = fetch(&client, &nar_url).await;
     let took = started.elapsed();
@@ -474,7 +421,7 @@ async fn copy_through_s3(endpoint: &str, database: Option<String>) {
         copy.all_valid(&fx.closure).await,
         "closure not valid: {copy:?}"
     );
-    gate.cut().await;
+    gate.refuse().await;
 }
 
 /// The S3 endpoint under test, or `None` after a loud skip.
