@@ -11,7 +11,8 @@
 #
 # Knobs: NCPS_CI_SERVICES_DIR (default /tmp/ncps-ci-services; the server users
 # must be able to reach it, so not under /root), NCPS_TEST_POSTGRES_PORT
-# (default 55432), NCPS_TEST_MYSQL_PORT (default 33306).
+# (default 25432), NCPS_TEST_MYSQL_PORT (default 23306); both below the
+# kernel's ephemeral port range, so no outgoing connection can hold them.
 
 ncps_db_services_dir() {
     echo "${NCPS_CI_SERVICES_DIR:-/tmp/ncps-ci-services}"
@@ -64,8 +65,8 @@ ncps_db_services_stop() {
 ncps_db_services_start() {
     local base pg_port my_port pg_bin pg_dir my_dir sudo=""
     base="$(ncps_db_services_dir)"
-    pg_port="${NCPS_TEST_POSTGRES_PORT:-55432}"
-    my_port="${NCPS_TEST_MYSQL_PORT:-33306}"
+    pg_port="${NCPS_TEST_POSTGRES_PORT:-25432}"
+    my_port="${NCPS_TEST_MYSQL_PORT:-23306}"
     if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
 
     if [ -z "$(ncps_db_pg_bin)" ] || ! command -v mariadbd >/dev/null; then

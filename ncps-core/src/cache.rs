@@ -200,7 +200,7 @@ impl Cache {
     pub async fn clean_incomplete(&self) -> Result<usize> {
         let storage = &self.inner.storage;
         let mut discarded = 0;
-        for incomplete in storage.incomplete().await? {
+        for incomplete in storage.incomplete(None).await? {
             let guard = match &incomplete.key {
                 Some(key) => {
                     let lock_key = format!("download:{key}");
@@ -228,6 +228,29 @@ impl Cache {
             }
         }
         Ok(discarded)
+    }
+
+    /// Discards the unfinished writes of `key`, whose download lock the
+    /// caller holds; failures only warn.
+    async fn discard_incomplete(&self, key: &str) {
+        let storage = &self.inner.storage;
+        let found = match storage.incomplete(Some(key)).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot look for unfinished writes");
+                return;
+            }
+        };
+        for incomplete in found {
+            match storage.discard(&incomplete).await {
+                Ok(()) => {
+                    tracing::info!(%key, id = %incomplete.id, "discarded an unfinished write of an earlier download")
+                }
+                Err(e) => {
+                    tracing::warn!(%key, id = %incomplete.id, error = %e, "cannot discard an unfinished write")
+                }
+            }
+        }
     }
 
     /// Runs [`Cache::clean_incomplete`] now and then every `interval`, in the background.
@@ -432,9 +455,6 @@ impl Cache {
         if let Some(download) = self.inner.inflight.get(&key) {
             return Ok(Some(reading(&record, &download)));
         }
-        if let Some(body) = self.stored_nar(file, &key).await? {
-            return Ok(Some(body));
-        }
         let lock_key = format!("download:{key}");
         let ttl = self.inner.options.download_lock_ttl;
         let guard = match self.inner.lock.try_acquire(&lock_key, ttl).await? {
@@ -443,15 +463,14 @@ impl Cache {
                 if let Some(body) = self.stream_from_peer(&lock_key, file, &record).await {
                     return Ok(Some(body));
                 }
-                let guard = self.inner.lock.acquire(&lock_key, ttl).await?;
-                // Whoever held the lock before us has most likely stored it.
-                if let Some(body) = self.stored_nar(file, &key).await? {
-                    guard.release().await?;
-                    return Ok(Some(body));
-                }
-                guard
+                self.inner.lock.acquire(&lock_key, ttl).await?
             }
         };
+        // Whoever held the lock before us, even just before, may have stored it.
+        if let Some(body) = self.stored_nar(file, &key).await? {
+            guard.release().await?;
+            return Ok(Some(body));
+        }
         match self.start_download(file, &record, guard).await? {
             Some(download) => Ok(Some(reading(&record, &download))),
             None => Ok(None),
@@ -561,6 +580,9 @@ impl Cache {
                 "no configured upstream serves {url}"
             )));
         };
+        // Holding the lock, no one else is writing this key: what an earlier
+        // holder left unfinished is dead.
+        self.discard_incomplete(&key).await;
         let download = match upstream.nar(&url).await {
             Ok(Some(download)) => download,
             Ok(None) => {
@@ -636,13 +658,18 @@ impl Cache {
         let Some(object) = self.inner.storage.get(key).await? else {
             return Ok(None);
         };
-        let now = now();
-        if let Ok(Some(record)) = self.inner.db.get_nar(file.as_str()).await
-            && now - record.last_accessed_at >= TOUCH_INTERVAL_SECS
-            && let Err(e) = self.inner.db.touch_nar(file.as_str(), now).await
-        {
-            tracing::warn!(%file, error = %e, "cannot record a NAR access");
-        }
+        // Recorded in the background: a slow database never holds back a hit.
+        let db = Arc::clone(&self.inner.db);
+        let file = file.clone();
+        tokio::spawn(async move {
+            let now = now();
+            if let Ok(Some(record)) = db.get_nar(file.as_str()).await
+                && now - record.last_accessed_at >= TOUCH_INTERVAL_SECS
+                && let Err(e) = db.touch_nar(file.as_str(), now).await
+            {
+                tracing::warn!(%file, error = %e, "cannot record a NAR access");
+            }
+        });
         Ok(Some(NarBody {
             size: Some(object.size),
             body: object.body,

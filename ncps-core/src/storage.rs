@@ -90,9 +90,11 @@ pub trait Storage: Send + Sync + Debug {
     async fn delete(&self, key: &str) -> Result<bool>;
 
     /// Writes that started and never finished, as a crashed process leaves
-    /// them (temporary files, multipart uploads). Some may still be running
-    /// in another process; see [`Incomplete`]. The default: none.
-    async fn incomplete(&self) -> Result<Vec<Incomplete>> {
+    /// them (temporary files, multipart uploads); only those of `key` when
+    /// given. Some may still be running in another process; see
+    /// [`Incomplete`]. The default: none.
+    async fn incomplete(&self, key: Option<&str>) -> Result<Vec<Incomplete>> {
+        let _ = key;
         Ok(Vec::new())
     }
 

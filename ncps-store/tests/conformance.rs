@@ -80,7 +80,7 @@ async fn a_dead_processs_temporary_files_are_found_and_discarded() {
     std::fs::write(tmp.join(dead), b"half a NAR").unwrap();
     std::fs::write(tmp.join(&mine), b"being written").unwrap();
 
-    let found = storage.incomplete().await.expect("incomplete");
+    let found = storage.incomplete(None).await.expect("incomplete");
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].id, dead);
     storage.discard(&found[0]).await.expect("discard");

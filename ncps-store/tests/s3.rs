@@ -205,9 +205,22 @@ mod s3 {
                 .await
                 .expect("CreateMultipartUpload");
         }
-        let found = storage.incomplete().await.expect("incomplete");
+        let found = storage.incomplete(None).await.expect("incomplete");
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].key.as_deref(), Some("nar/left.nar"));
+        let of_key = storage
+            .incomplete(Some("nar/left.nar"))
+            .await
+            .expect("incomplete");
+        let ids = |found: &[ncps_core::Incomplete]| {
+            found.iter().map(|i| i.id.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&of_key), ids(&found));
+        let of_shorter = storage
+            .incomplete(Some("nar/lef"))
+            .await
+            .expect("incomplete");
+        assert!(of_shorter.is_empty(), "{of_shorter:?}");
         storage.discard(&found[0]).await.expect("discard");
         let left: Vec<String> = multipart_uploads(&client, &bucket)
             .await
@@ -215,7 +228,21 @@ mod s3 {
             .map(|(key, _)| key)
             .collect();
         assert_eq!(left, vec!["team-b/nar/other.nar".to_string()]);
-        assert!(storage.incomplete().await.expect("incomplete").is_empty());
+        assert!(
+            storage
+                .incomplete(None)
+                .await
+                .expect("incomplete")
+                .is_empty()
+        );
+
+        // Without a prefix, every upload in the bucket is this storage's.
+        let whole = S3Storage::new(config(&endpoint, &bucket))
+            .await
+            .expect("S3Storage::new");
+        let found = whole.incomplete(None).await.expect("incomplete");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key.as_deref(), Some("team-b/nar/other.nar"));
     }
 
     #[tokio::test]

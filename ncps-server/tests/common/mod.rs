@@ -10,7 +10,10 @@
 //!   request path-and-query to [`Route`] (body plus extra headers), for
 //!   upstreams of other shapes; [`HangingUpstream`]: accepts TCP connections,
 //!   never answers.
-//! - [`Proxy`]: the `ncps-server` binary on a free loopback port.
+//! - [`Relay`]: a TCP relay in front of a service (S3, a database) that can
+//!   refuse or hang its traffic and restore it: outages on demand.
+//! - [`Proxy`]: the `ncps-server` binary on a free loopback port; can be
+//!   stopped with SIGTERM and restarted on the same port.
 //! - [`nix_copy_from`]: `nix copy --from <proxy>` into a fresh chroot store.
 #![allow(dead_code)]
 
@@ -886,6 +889,175 @@ pub fn free_port() -> u16 {
 }
 
 // ---------------------------------------------------------------------------
+// Outages on demand
+// ---------------------------------------------------------------------------
+
+/// A loopback TCP relay in front of a service (S3, a database) whose traffic
+/// can be refused or hung and later restored at the same address: an outage
+/// on demand.
+pub struct Relay {
+    addr: SocketAddr,
+    target: String,
+    /// Whether bytes move; every connection's pumps wait while it is false.
+    flowing: tokio::sync::watch::Sender<bool>,
+    /// The accept loop, owning every connection; `None` while refusing.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// A relay on a free loopback port to `target` (`host:port`).
+    pub async fn start(target: &str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the relay");
+        let addr = listener.local_addr().expect("relay address");
+        let (flowing, _) = tokio::sync::watch::channel(true);
+        let mut relay = Relay {
+            addr,
+            target: target.to_string(),
+            flowing,
+            task: None,
+        };
+        relay.task = Some(relay.spawn(listener));
+        relay
+    }
+
+    fn spawn(&self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+        let target = self.target.clone();
+        let flowing = self.flowing.clone();
+        tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) cuts every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let target = target.clone();
+                let flowing = flowing.subscribe();
+                connections.spawn(Self::connection(client, target, flowing));
+                while connections.try_join_next().is_some() {}
+            }
+        })
+    }
+
+    /// One relayed connection: the target is dialled once traffic flows, so
+    /// a connection made while hung is held open without an answer.
+    async fn connection(
+        client: tokio::net::TcpStream,
+        target: String,
+        mut flowing: tokio::sync::watch::Receiver<bool>,
+    ) {
+        if flowing.wait_for(|f| *f).await.is_err() {
+            return;
+        }
+        let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+            return;
+        };
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
+        tokio::join!(
+            Self::pump(client_read, server_write, flowing.clone()),
+            Self::pump(server_read, client_write, flowing),
+        );
+    }
+
+    /// Copies one direction, holding every read (and the final close) while
+    /// hung, so nothing at all gets through until traffic flows again.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut flowing: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from.read(&mut buf).await.unwrap_or(0);
+            if flowing.wait_for(|f| *f).await.is_err() {
+                return;
+            }
+            if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, for HTTP services such as S3.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The service goes away: open connections are closed and new ones
+    /// refused, as when its server stops.
+    pub async fn refuse(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// The service stops answering: connections stay open and new ones are
+    /// accepted, but no byte moves either way, as when its host freezes or
+    /// the network between drops packets.
+    pub fn hang(&mut self) {
+        self.flowing.send_replace(false);
+    }
+
+    /// The service is back at the same address: after [`Relay::refuse`] new
+    /// connections are taken again; after [`Relay::hang`] the held bytes go
+    /// through and traffic flows on.
+    pub async fn restore(&mut self) {
+        self.flowing.send_replace(true);
+        if self.task.is_none() {
+            let listener = tokio::net::TcpListener::bind(self.addr)
+                .await
+                .expect("rebinding the relay");
+            self.task = Some(self.spawn(listener));
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A new, empty database on the PostgreSQL or MySQL server `server` (a
+/// `postgres://` or `mysql://` URL such as `NCPS_TEST_POSTGRES_URL`); its URL.
+pub async fn fresh_database(server: &str) -> String {
+    use mysql_async::prelude::Queryable;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000_000);
+    let name = format!("ncps_fresh_{}_{nanos}", std::process::id());
+    let mut url = url::Url::parse(server).expect("test database URL");
+    if server.starts_with("mysql:") {
+        let mut conn = mysql_async::Conn::from_url(server)
+            .await
+            .expect("connecting to the test MySQL");
+        conn.query_drop(format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        let _ = conn.disconnect().await;
+    } else {
+        let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to the test PostgreSQL");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+    }
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+// ---------------------------------------------------------------------------
 // The proxy under test
 // ---------------------------------------------------------------------------
 
@@ -941,11 +1113,20 @@ pub struct Proxy {
     public_key: String,
     log_path: PathBuf,
     dir: TempDir,
+    /// The command line, for [`Proxy::restart`].
+    args: Vec<std::ffi::OsString>,
+    cfg: ProxyConfig,
 }
 
 impl Proxy {
     /// Start the server and wait (bounded) until `GET /healthz` answers 200.
     pub async fn start(cfg: ProxyConfig) -> Proxy {
+        Proxy::start_on(cfg, free_port()).await
+    }
+
+    /// [`Proxy::start`] on the loopback port `port` (for instances whose
+    /// arguments must name their own URL, such as `--cache-advertise-url`).
+    pub async fn start_on(cfg: ProxyConfig, port: u16) -> Proxy {
         let dir = tempfile::Builder::new()
             .prefix("ncps-e2e-proxy-")
             .tempdir()
@@ -963,7 +1144,6 @@ impl Proxy {
         };
         let log_path = dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let port = free_port();
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ncps-server"));
         cmd.arg("serve")
@@ -979,7 +1159,7 @@ impl Proxy {
             ]);
         // Storage or database given in `extra_args` replace the local defaults.
         let given = |option: &str| cfg.extra_args.iter().any(|a| a == option);
-        if !given("--cache-storage-s3-bucket") {
+        if !given("--cache-storage-s3-bucket") && !given("--cache-storage-local") {
             cmd.arg("--cache-storage-local").arg(&storage);
         }
         if !given("--cache-database-url") {
@@ -999,6 +1179,7 @@ impl Proxy {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        let args = cmd.get_args().map(|a| a.to_owned()).collect();
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning ncps-server: {e}"));
@@ -1009,9 +1190,62 @@ impl Proxy {
             public_key,
             log_path,
             dir,
+            args,
+            cfg: cfg.clone(),
         };
         proxy.wait_ready(&cfg).await;
         proxy
+    }
+
+    /// Send SIGTERM and wait (bounded by 60 s) for the server to exit, as a
+    /// service manager stopping it would; its exit status and how long the
+    /// exit took.
+    pub async fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = std::time::Instant::now();
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(kill.success(), "kill -TERM {} failed", self.child.id());
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for ncps-server") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                panic!(
+                    "ncps-server did not exit within 60 s of SIGTERM\n--- server log ---\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Start the server again, after [`Proxy::terminate`], with the same
+    /// arguments, port, directory and log file (appended to); wait until it
+    /// is ready.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().ok().flatten().is_some(),
+            "restart() of a running ncps-server"
+        );
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ncps-server"));
+        cmd.args(&self.args);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning ncps-server: {e}"));
+        let cfg = self.cfg.clone();
+        self.wait_ready(&cfg).await;
     }
 
     async fn wait_ready(&mut self, cfg: &ProxyConfig) {

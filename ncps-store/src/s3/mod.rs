@@ -290,11 +290,17 @@ impl Storage for S3Storage {
         Ok(true)
     }
 
-    /// Multipart uploads never completed nor aborted, under this storage's prefix.
-    async fn incomplete(&self) -> Result<Vec<Incomplete>> {
-        let search = match &self.prefix {
-            Some(prefix) => format!("{prefix}/"),
-            None => String::new(),
+    /// Multipart uploads never completed nor aborted, under this storage's
+    /// prefix (or of one key).
+    async fn incomplete(&self, key: Option<&str>) -> Result<Vec<Incomplete>> {
+        let strip = match &self.prefix {
+            Some(prefix) => prefix.len() + 1,
+            None => 0,
+        };
+        let search = match (key, &self.prefix) {
+            (Some(key), _) => self.object_key(key)?,
+            (None, Some(prefix)) => format!("{prefix}/"),
+            (None, None) => String::new(),
         };
         let mut found = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
@@ -303,24 +309,28 @@ impl Storage for S3Storage {
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .prefix(&search)
+                .set_prefix((!search.is_empty()).then(|| search.clone()))
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(id_marker.clone())
                 .send()
                 .await
                 .map_err(|e| map_sdk_error(format!("S3 ListMultipartUploads {search}"), e))?;
             for upload in page.uploads() {
-                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                let (Some(object_key), Some(id)) = (upload.key(), upload.upload_id()) else {
                     continue;
                 };
+                // A prefix search for one key also finds longer keys.
+                if key.is_some() && object_key != search {
+                    continue;
+                }
                 let age = upload.initiated().and_then(|t| {
                     std::time::SystemTime::try_from(*t)
                         .ok()
                         .and_then(|t| t.elapsed().ok())
                 });
                 found.push(Incomplete {
-                    key: key.get(search.len()..).map(str::to_owned),
-                    id: format!("{key}\n{id}"),
+                    key: object_key.get(strip..).map(str::to_owned),
+                    id: format!("{object_key}\n{id}"),
                     age,
                 });
             }
