@@ -27,6 +27,9 @@ fn narinfo(c: &mut Criterion) {
     });
     let info: NarInfo = NARINFO.parse().unwrap();
     c.bench_function("narinfo write", |b| b.iter(|| black_box(&info).to_string()));
+    c.bench_function("narinfo fingerprint", |b| {
+        b.iter(|| black_box(&info).fingerprint())
+    });
     let key = SigningKey::generate("bench-1");
     c.bench_function("narinfo sign", |b| {
         b.iter(|| black_box(info.clone()).sign(&key))
