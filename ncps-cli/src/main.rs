@@ -1,18 +1,37 @@
 //! `ncps-cli`: admin commands for an ncps-rs cache.
 
+// The admin commands await deep futures (database, storage and lock
+// backends behind trait objects); the default limit is too low for them.
+#![recursion_limit = "256"]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ncps_core::{NarInfo, PublicKey, SigningKey};
 
+mod admin;
 mod db;
 mod storage;
 
 /// Admin commands for an ncps-rs cache.
+///
+/// `stats`, `gc`, `pin`, `unpin`, `pins`, `fsck` and `narinfo show` read the
+/// server's configuration: its options, environment variables and config
+/// file (`--config`), so they open the database, storage and locks the
+/// server uses. Exit codes: 0 done, 1 failed, 2 invalid usage or
+/// configuration, 3 fsck found problems it left, 4 fsck repaired every
+/// problem it found, 5 gc found another instance evicting, 6 not found.
 #[derive(Debug, Parser)]
 #[command(name = "ncps-cli", version)]
 struct Cli {
+    /// The server's config file (YAML, TOML or JSON with ncps's keys); flags
+    /// and environment win over it.
+    #[arg(long, env = "NCPS_CONFIG_FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,6 +39,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generates a signing key pair, as `nix-store --generate-binary-cache-key` does.
+    #[command(visible_alias = "keygen")]
     GenerateKey {
         /// The key's name, by convention `<hostname>-1`.
         name: String,
@@ -39,7 +59,7 @@ enum Command {
     /// Migrates a metadata database to the current schema (the server also does at start).
     Migrate {
         /// The database: `sqlite:/path/db.sqlite`, `postgres://...` or `mysql://...`.
-        #[arg(long, env = "CACHE_DATABASE_URL")]
+        #[arg(long, visible_alias = "cache-database-url", env = "CACHE_DATABASE_URL")]
         database_url: String,
     },
     /// Metadata database tools.
@@ -52,6 +72,8 @@ enum Command {
         #[command(subcommand)]
         command: storage::StorageCommand,
     },
+    #[command(flatten)]
+    Admin(Box<admin::AdminCommand>),
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -96,6 +118,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Migrate { database_url } => db::migrate(&database_url),
         Command::Db { command } => db::run(command),
         Command::Storage { command } => storage::run(command),
+        Command::Admin(_) => unreachable!("admin commands are run by main"),
     }
 }
 
@@ -113,7 +136,37 @@ fn write_secret(path: &PathBuf, secret: &str) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // Like the server: config file values become defaults for the
+    // environment variables of the same options.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(path) = ncps_server::config_file::path_from_args(&args) {
+        match ncps_server::config_file::read(path.as_ref()) {
+            Ok(config) => {
+                for (env, value) in config.values {
+                    if std::env::var_os(env).is_none() {
+                        // SAFETY: no other thread exists yet.
+                        unsafe { std::env::set_var(env, value) };
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("ncps-cli: {e}");
+                return ExitCode::from(admin::exit::USAGE);
+            }
+        }
+    }
+    let cli = Cli::parse_from(args);
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let json = cli.json;
+    if let Command::Admin(command) = cli.command {
+        return admin::finish(admin::run(*command, json));
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ncps-cli: {e}");

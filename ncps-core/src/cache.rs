@@ -5,26 +5,30 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 
+use crate::access_log::{AccessLog, counter};
+use crate::hot_narinfos::HotNarinfos;
 use crate::inflight::{self, Download, InFlight, SpoolWriter};
+use crate::metrics::{Kind, MeteredLock, Metrics, upstream_label};
 use crate::nar_file::NarFile;
 use crate::nar_verify::{self, NarCheck, is_supported_compression};
 use crate::negative_cache::NegativeCache;
 use crate::upstream::Upstream;
 use crate::{
     ByteStream, CacheInfo, Error, Lock, LockGuard, MetadataDb, NarInfo, NarInfoRecord, NarRecord,
-    PublicKey, Result, SigningKey, Storage, StorePathHash,
+    PublicKey, Result, SigningKey, Storage, StorageUsage, StorePathHash,
 };
+use crate::{NarStorage, eviction::Backends};
 
 /// The database config key of the cache's secret key.
 const SECRET_KEY_CONFIG: &str = "secret_key";
 
-/// A served object is marked accessed at most this often, to spare the database a write per hit.
-const TOUCH_INTERVAL_SECS: i64 = 60;
+/// How often what was served is written to the database (see [`crate::access_log`]).
+pub const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How many chunks may wait between the download and storage.
 const CHANNEL_CHUNKS: usize = 16;
@@ -44,11 +48,17 @@ pub struct CacheOptions {
     pub priority: u32,
     /// How long a narinfo no upstream has is answered 404 without asking again; zero disables.
     pub negative_ttl: Duration,
+    /// How many narinfos are served from memory (for 30 s each at most);
+    /// zero asks the database every time.
+    pub hot_narinfos: usize,
     /// Where downloads in progress are spooled (their files are unlinked at once).
     pub temp_dir: PathBuf,
     /// This instance's URL as peers reach it; it labels the download locks it
     /// holds, so a peer asked for the same NAR can stream it from here.
     pub advertise_url: Option<String>,
+    /// The token reads need (`--cache-get-token`), sent to peers when
+    /// streaming a NAR from them.
+    pub peer_token: Option<String>,
 }
 
 impl Default for CacheOptions {
@@ -58,8 +68,10 @@ impl Default for CacheOptions {
             download_lock_ttl: Duration::from_secs(300),
             priority: 40,
             negative_ttl: Duration::from_secs(300),
+            hot_narinfos: 10_000,
             temp_dir: std::env::temp_dir(),
             advertise_url: None,
+            peer_token: None,
         }
     }
 }
@@ -94,9 +106,12 @@ struct Inner {
     upstreams: Vec<Upstream>,
     signing_key: SigningKey,
     negative: NegativeCache,
+    hot: HotNarinfos,
     inflight: InFlight,
     peer_client: reqwest::Client,
+    access: AccessLog,
     options: CacheOptions,
+    metrics: Arc<Metrics>,
 }
 
 /// The client for peers: raw bytes (no decompression), no proxy (peers are
@@ -113,7 +128,8 @@ fn peer_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-fn now() -> i64 {
+/// Seconds since the Unix epoch.
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -130,6 +146,8 @@ impl Cache {
         options: CacheOptions,
     ) -> Self {
         upstreams.sort_by_key(Upstream::priority);
+        let metrics = Arc::new(Metrics::new());
+        let lock: Arc<dyn Lock> = Arc::new(MeteredLock::new(lock, Arc::clone(&metrics)));
         Cache {
             inner: Arc::new(Inner {
                 storage,
@@ -138,11 +156,52 @@ impl Cache {
                 upstreams,
                 signing_key,
                 negative: NegativeCache::new(options.negative_ttl),
+                hot: HotNarinfos::new(options.hot_narinfos),
                 inflight: InFlight::default(),
                 peer_client: peer_client(),
+                access: AccessLog::default(),
                 options,
+                metrics,
             }),
         }
+    }
+
+    /// The backends, for the engine's other modules (eviction, pins, uploads).
+    pub(crate) fn backends(&self) -> Backends {
+        Backends {
+            storage: Arc::clone(&self.inner.storage),
+            db: Arc::clone(&self.inner.db),
+            lock: Arc::clone(&self.inner.lock),
+        }
+    }
+
+    /// What was served since the last flush.
+    pub(crate) fn access_log(&self) -> &AccessLog {
+        &self.inner.access
+    }
+
+    /// How the engine behaves.
+    pub(crate) fn options(&self) -> &CacheOptions {
+        &self.inner.options
+    }
+
+    /// The key this cache signs narinfos with.
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.inner.signing_key
+    }
+
+    /// The engine's metrics, for a server to register and serve.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Reads what the database holds into the store gauges of
+    /// [`Cache::metrics`]: one query at start; the engine keeps them up to
+    /// date from then on, so scrapes never query the database.
+    pub async fn load_store_totals(&self) -> Result<StorageUsage> {
+        let usage = self.inner.db.storage_usage().await?;
+        self.inner.metrics.set_store_totals(&usage);
+        Ok(usage)
     }
 
     /// The cache's signing key from the database, generating and storing one
@@ -155,8 +214,13 @@ impl Cache {
         let stored = db
             .set_config_if_absent(SECRET_KEY_CONFIG, &generated.to_string())
             .await?;
-        tracing::info!(key = %generated.public_key(), "generated a signing key");
-        stored.parse()
+        let key: SigningKey = stored.parse()?;
+        if key.public_key() == generated.public_key() {
+            tracing::info!(key = %key.public_key(), "generated a signing key");
+        } else {
+            tracing::info!(key = %key.public_key(), "using the signing key another instance generated");
+        }
+        Ok(key)
     }
 
     /// The key clients must trust for narinfos from this cache.
@@ -304,10 +368,27 @@ impl Cache {
     /// upstreams on a miss. Never downloads the NAR.
     pub async fn narinfo(&self, hash: &StorePathHash) -> Result<Option<String>> {
         let db = &self.inner.db;
+        if let Some(hot) = self.inner.hot.get(hash.as_str()) {
+            self.inner.metrics.cache_hit(Kind::Narinfo);
+            self.inner
+                .access
+                .narinfo(hash.as_str(), &hot.nar_file, now());
+            self.inner.access.count(counter::NARINFO_HITS, 1);
+            return Ok(Some(hot.narinfo.to_string()));
+        }
         if let Some(record) = db.get_narinfo(hash.as_str()).await? {
-            self.touch_narinfo(&record).await;
+            self.inner
+                .hot
+                .insert(&record.hash, &record.narinfo, &record.nar_file);
+            self.inner.metrics.cache_hit(Kind::Narinfo);
+            // Recorded in memory; written in the next batch (see `access_log`).
+            self.inner
+                .access
+                .narinfo(&record.hash, &record.nar_file, now());
+            self.inner.access.count(counter::NARINFO_HITS, 1);
             return Ok(Some(record.narinfo));
         }
+        self.inner.metrics.cache_miss(Kind::Narinfo);
         if self.inner.negative.is_absent(hash.as_str()) {
             return Ok(None);
         }
@@ -326,15 +407,6 @@ impl Cache {
         self.inner.lock.acquire(key, ttl).await
     }
 
-    async fn touch_narinfo(&self, record: &NarInfoRecord) {
-        let now = now();
-        if now - record.last_accessed_at >= TOUCH_INTERVAL_SECS
-            && let Err(e) = self.inner.db.touch_narinfo(&record.hash, now).await
-        {
-            tracing::warn!(hash = %record.hash, error = %e, "cannot record a narinfo access");
-        }
-    }
-
     /// Asks the upstreams in order; keeps and returns the first valid answer.
     async fn pull_narinfo(&self, hash: &StorePathHash) -> Result<Option<String>> {
         let mut failures = Vec::new();
@@ -348,10 +420,21 @@ impl Cache {
             return Err(Error::Upstream("every upstream is down".into()));
         }
         for upstream in healthy {
-            match upstream.narinfo(hash).await {
+            let started = Instant::now();
+            let fetched = upstream.narinfo(hash).await;
+            self.inner.metrics.upstream_fetch(
+                &upstream_label(upstream.url()),
+                Kind::Narinfo,
+                started.elapsed(),
+                fetched.is_err(),
+            );
+            match fetched {
                 Ok(None) => continue,
                 Ok(Some(info)) => match self.keep_narinfo(upstream, info).await {
-                    Ok(text) => return Ok(Some(text)),
+                    Ok(text) => {
+                        self.inner.access.count(counter::NARINFO_MISSES, 1);
+                        return Ok(Some(text));
+                    }
                     Err(e) => failures.push(e),
                 },
                 Err(e) => failures.push(e),
@@ -362,6 +445,7 @@ impl Cache {
         }
         if failures.is_empty() {
             self.inner.negative.remember(hash.as_str());
+            self.inner.access.count(counter::NARINFO_ABSENT, 1);
         }
         match failures.into_iter().next() {
             // An upstream that could not answer may have it: say so rather than "absent".
@@ -407,8 +491,15 @@ impl Cache {
             last_accessed_at: now,
         })
         .await?;
+        // Its NAR counts once it is stored.
+        self.inner.metrics.record_added(1, 0, 0);
         tracing::info!(path = %info.store_path, upstream = %upstream.url(), "narinfo cached");
         Ok(text)
+    }
+
+    /// Stops serving the narinfo of `hash` from memory (it was deleted or evicted).
+    pub(crate) fn forget_hot(&self, hash: &str) {
+        self.inner.hot.remove(hash);
     }
 
     /// Forgets that no upstream had `hash`, so the next request asks again.
@@ -438,14 +529,17 @@ impl Cache {
     pub async fn nar(&self, file: &NarFile) -> Result<Option<NarBody>> {
         let key = file.storage_key();
         if let Some(body) = self.stored_nar(file, &key).await? {
+            self.inner.metrics.cache_hit(Kind::Nar);
             return Ok(Some(body));
         }
+        self.inner.metrics.cache_miss(Kind::Nar);
         let Some(record) = self.inner.db.get_nar(file.as_str()).await? else {
             return Ok(None);
         };
         if record.upstream_url.is_none() {
             return Ok(None);
         }
+        self.inner.access.count(counter::NAR_MISSES, 1);
         if let Some(download) = self.inner.inflight.get(&key) {
             return Ok(Some(reading(&record, &download)));
         }
@@ -512,13 +606,12 @@ impl Cache {
             }
         };
         let url = format!("{}/nar/{file}", peer.trim_end_matches('/'));
-        let response = self
-            .inner
-            .peer_client
-            .get(&url)
-            .header(PEER_HEADER, "1")
-            .send()
-            .await;
+        let mut request = self.inner.peer_client.get(&url).header(PEER_HEADER, "1");
+        if let Some(token) = &self.inner.options.peer_token {
+            // Peers guard reads with the same --cache-get-token.
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await;
         let response = match response {
             Ok(r) if r.status() == reqwest::StatusCode::OK => r,
             Ok(r) => {
@@ -583,7 +676,28 @@ impl Cache {
         // Holding the lock, no one else is writing this key: what an earlier
         // holder left unfinished is dead.
         self.discard_incomplete(&key).await;
-        let download = match upstream.nar(&url).await {
+        // A NAR that cannot fit is refused before a byte is fetched (507).
+        if let Err(e) = room_for(
+            self.inner.storage.as_ref(),
+            &self.inner.options.temp_dir,
+            record,
+        )
+        .await
+        {
+            guard.release().await?;
+            return Err(e);
+        }
+        let metrics = Arc::clone(&self.inner.metrics);
+        let upstream_url = upstream_label(upstream.url());
+        let started = Instant::now();
+        let fetched = upstream.nar(&url).await;
+        metrics.upstream_fetch(
+            &upstream_url,
+            Kind::Nar,
+            started.elapsed(),
+            fetched.is_err(),
+        );
+        let download = match fetched {
             Ok(Some(download)) => download,
             Ok(None) => {
                 guard.release().await?;
@@ -596,6 +710,10 @@ impl Cache {
             }
         };
         let verified = nar_verify::verified(download.body, nar_check(record)?)?;
+        self.inner
+            .access
+            .count(&format!("{}{upstream_url}", counter::NAR_FETCHES_FROM), 1);
+        let verified = counted(verified, metrics, upstream_url);
         let (writer, spooled) = inflight::spool(&self.inner.options.temp_dir).map_err(|e| {
             Error::backend(
                 format!("spool file in {}", self.inner.options.temp_dir.display()),
@@ -604,11 +722,16 @@ impl Cache {
         })?;
         self.inner.inflight.insert(&key, Arc::clone(&spooled));
         let cache = self.clone();
+        let record = record.clone();
         tokio::spawn(async move {
             let ttl = cache.inner.options.download_lock_ttl;
             let work = spool_and_store(verified, writer, cache.inner.storage.clone(), &key);
             match hold_while(work, &guard, ttl).await {
-                Ok(size) => tracing::info!(%key, size, "NAR stored"),
+                Ok(size) => {
+                    cache.inner.metrics.nar_stored(size);
+                    cache.record_stored(&record, size).await;
+                    tracing::info!(%key, size, "NAR stored")
+                }
                 Err(e) => {
                     tracing::error!(%key, %url, error = %e, "NAR download failed; nothing stored")
                 }
@@ -648,31 +771,47 @@ impl Cache {
             .storage
             .get_range(&file.storage_key(), offset, len)
             .await?;
-        Ok(object.map(|object| NarBody {
-            size: Some(object.size),
-            body: object.body,
+        Ok(object.map(|object| {
+            self.inner.access.nar(file.as_str(), now());
+            NarBody {
+                size: Some(object.size),
+                body: self.inner.access.reading(file.as_str(), object.body),
+            }
         }))
+    }
+
+    /// Records in the database that the NAR of `record` is in storage, with
+    /// `size` bytes. If its record went meanwhile (evicted while it was
+    /// downloaded again), it is put back, so the bytes are never unaccounted.
+    async fn record_stored(&self, record: &NarRecord, size: u64) {
+        let db = &self.inner.db;
+        let stored = NarStorage::Stored(size);
+        let result = match db.set_nar_storage(&record.file, stored).await {
+            Ok(true) => Ok(()),
+            Ok(false) => match db.put_nar(record).await {
+                Ok(()) => db.set_nar_storage(&record.file, stored).await.map(drop),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            // The next storage check (`reconcile_storage`) finds it.
+            tracing::warn!(file = %record.file, error = %e, "cannot record a stored NAR");
+            let _ = db.set_nar_storage(&record.file, NarStorage::Unknown).await;
+        }
     }
 
     async fn stored_nar(&self, file: &NarFile, key: &str) -> Result<Option<NarBody>> {
         let Some(object) = self.inner.storage.get(key).await? else {
             return Ok(None);
         };
-        // Recorded in the background: a slow database never holds back a hit.
-        let db = Arc::clone(&self.inner.db);
-        let file = file.clone();
-        tokio::spawn(async move {
-            let now = now();
-            if let Ok(Some(record)) = db.get_nar(file.as_str()).await
-                && now - record.last_accessed_at >= TOUCH_INTERVAL_SECS
-                && let Err(e) = db.touch_nar(file.as_str(), now).await
-            {
-                tracing::warn!(%file, error = %e, "cannot record a NAR access");
-            }
-        });
+        // Recorded in memory, written in the next batch: a hit writes nothing.
+        let access = &self.inner.access;
+        access.nar(file.as_str(), now());
+        access.count(counter::NAR_HITS, 1);
         Ok(Some(NarBody {
             size: Some(object.size),
-            body: object.body,
+            body: access.reading(file.as_str(), object.body),
         }))
     }
 }
@@ -692,6 +831,38 @@ fn nar_check(record: &NarRecord) -> Result<NarCheck> {
     })
 }
 
+/// `body` from `upstream`, counting its bytes and any failure (a broken
+/// transfer or bytes that do not check out) into `metrics`.
+fn counted(body: ByteStream, metrics: Arc<Metrics>, upstream: String) -> ByteStream {
+    Box::pin(body.inspect(move |item| match item {
+        Ok(chunk) => metrics.upstream_bytes(&upstream, chunk.len() as u64),
+        Err(_) => metrics.upstream_error(&upstream, Kind::Nar),
+    }))
+}
+
+/// Whether storage and the spool directory have room for the NAR of
+/// `record` (its FileSize, else its NarSize), where they can tell.
+async fn room_for(
+    storage: &dyn Storage,
+    spool: &std::path::Path,
+    record: &NarRecord,
+) -> Result<()> {
+    let needed = record.file_size.unwrap_or(record.nar_size);
+    if let Some(free) = storage.available_space().await? {
+        crate::disk_space::require("storage", free, needed)?;
+    }
+    let dir = spool.to_path_buf();
+    match tokio::task::spawn_blocking(move || crate::disk_space::available(&dir)).await {
+        Ok(Ok(free)) => crate::disk_space::require(
+            &format!("the download spool {}", spool.display()),
+            free,
+            needed,
+        ),
+        // Unknown: the spool itself reports a failure.
+        _ => Ok(()),
+    }
+}
+
 /// A reader of a download in progress, sized as the record says.
 fn reading(record: &NarRecord, download: &Download) -> NarBody {
     NarBody {
@@ -702,7 +873,11 @@ fn reading(record: &NarRecord, download: &Download) -> NarBody {
 
 /// Runs `work` while extending `guard` every third of `ttl`, so the lock
 /// lasts as long as the work and expires soon after a crash.
-async fn hold_while<T>(work: impl Future<Output = T>, guard: &LockGuard, ttl: Duration) -> T {
+pub(crate) async fn hold_while<T>(
+    work: impl Future<Output = T>,
+    guard: &LockGuard,
+    ttl: Duration,
+) -> T {
     tokio::pin!(work);
     let mut ticks = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
     ticks.tick().await;

@@ -20,9 +20,16 @@ pub enum Error {
     /// A needed service (the database, storage, a lock server) cannot answer now; retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Storage (or the download spool) has no room left (`ENOSPC`, a quota);
+    /// nothing was stored. Retry once space is freed. HTTP 507.
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
     /// Every upstream that might have it failed (connection, timeout, HTTP error); retry later.
     #[error("upstream failed: {0}")]
     Upstream(String),
+    /// The caller may not do this (for example an upload without a trusted signature).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The operation conflicts with what is stored (for example an existing object).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -51,12 +58,34 @@ impl Error {
 
     /// Whether retrying the same operation later may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Upstream(_))
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::Upstream(_) | Error::InsufficientStorage(_)
+        )
     }
+
+    /// An i/o error while doing `context`: [`Error::InsufficientStorage`]
+    /// when the disk or a quota is full, else a backend error.
+    pub fn io(context: impl Into<String>, e: io::Error) -> Self {
+        let context = context.into();
+        if is_out_of_space(&e) {
+            Error::InsufficientStorage(format!("{context}: {e}"))
+        } else {
+            Error::backend(context, e)
+        }
+    }
+}
+
+/// Whether an i/o error means the disk (or a quota) is full.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
-        Error::backend("i/o", e)
+        Error::io("i/o", e)
     }
 }

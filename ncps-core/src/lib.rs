@@ -40,24 +40,32 @@
 
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod cache;
 pub mod cache_info;
+pub mod disk_space;
 mod error;
+pub mod eviction;
+pub mod fsck;
 pub mod hash;
+mod hot_narinfos;
 mod inflight;
 pub mod lock;
 pub mod metadata;
+pub mod metrics;
 pub mod nar_file;
 pub mod nar_verify;
 pub mod narinfo;
 pub mod negative_cache;
 pub mod netrc;
 pub mod nix32;
+pub mod pins;
 pub mod signing;
 pub mod storage;
 pub mod store_path;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod upload;
 pub mod upstream;
 
 pub use cache::{Cache, CacheOptions, NarBody};
@@ -65,7 +73,9 @@ pub use cache_info::CacheInfo;
 pub use error::{Error, Result};
 pub use hash::NixHash;
 pub use lock::{HeldLock, Lock, LockGuard};
-pub use metadata::{MetadataDb, NarInfoRecord, NarRecord};
+pub use metadata::{
+    MetadataDb, NarInfoRecord, NarRecord, NarStorage, PinRecord, StorageUsage, StoredNar,
+};
 pub use narinfo::NarInfo;
 pub use signing::{PublicKey, Signature, SigningKey};
 pub use storage::{ByteStream, Incomplete, Storage, StoredObject};

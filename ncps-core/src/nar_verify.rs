@@ -65,6 +65,15 @@ pub fn compression_extension(compression: &str) -> Option<&'static str> {
     })
 }
 
+/// The most bytes a NAR file of `nar_size` bytes may take when its narinfo
+/// gives no `FileSize`: the NAR plus the worst expansion of xz, zstd, bzip2
+/// or brotli on incompressible data (well under 1/64), plus their headers.
+pub fn max_file_size(nar_size: u64) -> u64 {
+    nar_size
+        .saturating_add(nar_size / 64)
+        .saturating_add(64 * 1024)
+}
+
 /// Hashes and counts decompressed NAR bytes, refusing more than the NAR's size.
 struct NarSink {
     counter: Arc<Mutex<HashingCounter>>,
@@ -126,6 +135,10 @@ struct State {
     decoder: Decoder,
     held: Option<Bytes>,
     finished: bool,
+    /// `Compression: none`: the file is the NAR, hashed once for both checks.
+    uncompressed: bool,
+    /// Bytes of the file so far, when `file` does not hash them.
+    file_len: u64,
 }
 
 impl State {
@@ -161,13 +174,29 @@ impl State {
     }
 
     async fn take(&mut self, chunk: &[u8]) -> io::Result<()> {
-        self.file.update(chunk);
-        if let Some(size) = self.check.file_size
-            && self.file.len() > size
-        {
-            return Err(invalid(format!(
-                "NAR file is larger than its FileSize {size}"
-            )));
+        let file_len = if self.uncompressed {
+            self.file_len += chunk.len() as u64;
+            self.file_len
+        } else {
+            self.file.update(chunk);
+            self.file.len()
+        };
+        match self.check.file_size {
+            Some(size) if file_len > size => {
+                return Err(invalid(format!(
+                    "NAR file is larger than its FileSize {size}"
+                )));
+            }
+            // Without a FileSize, an endless body is still cut: no
+            // compression makes a NAR much larger than it is.
+            None if file_len > max_file_size(self.check.nar_size) => {
+                return Err(invalid(format!(
+                    "NAR file is larger than {} bytes, too large for its NarSize {}",
+                    max_file_size(self.check.nar_size),
+                    self.check.nar_size
+                )));
+            }
+            _ => {}
         }
         self.decoder.write_all(chunk).await
     }
@@ -179,7 +208,13 @@ impl State {
                 self.check.compression
             ))
         })?;
-        let (file_hash, file_size) = std::mem::take(&mut self.file).finish();
+        let nar = std::mem::take(&mut *self.nar.lock().unwrap_or_else(PoisonError::into_inner));
+        let (nar_hash, nar_size) = nar.finish();
+        let (file_hash, file_size) = if self.uncompressed {
+            (nar_hash, self.file_len)
+        } else {
+            std::mem::take(&mut self.file).finish()
+        };
         if let Some(size) = self.check.file_size
             && size != file_size
         {
@@ -194,8 +229,6 @@ impl State {
                 "NAR file hashes to {file_hash}, FileHash says {hash}"
             )));
         }
-        let nar = std::mem::take(&mut *self.nar.lock().unwrap_or_else(PoisonError::into_inner));
-        let (nar_hash, nar_size) = nar.finish();
         if nar_size != self.check.nar_size {
             return Err(invalid(format!(
                 "NAR has {nar_size} bytes, NarSize says {}",
@@ -223,7 +256,10 @@ pub fn verified(input: ByteStream, check: NarCheck) -> Result<ByteStream> {
             limit: check.nar_size,
         },
     )?;
+    let uncompressed = check.compression == "none";
     let state = State {
+        uncompressed,
+        file_len: 0,
         input,
         check,
         file: HashingCounter::default(),
@@ -344,6 +380,37 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("larger"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn cuts_an_endless_body_without_file_size() {
+        let nar = nar_bytes();
+        let file = xz(&nar).await;
+        let mut c = check("xz", &file, &nar);
+        c.file_size = None;
+        c.file_hash = None;
+        let limit = max_file_size(nar.len() as u64);
+        // A valid file followed by zeros (xz stream padding) that never end:
+        // the decoder or the size cap stops it.
+        for (compression, head) in [("xz", file.clone()), ("none", Vec::new())] {
+            let pulled = Arc::new(Mutex::new(0u64));
+            let counted = pulled.clone();
+            let endless = futures::stream::iter(
+                std::iter::once(Bytes::from(head))
+                    .chain(std::iter::repeat_with(|| Bytes::from(vec![0u8; 4096]))),
+            )
+            .map(move |chunk| {
+                *counted.lock().unwrap() += chunk.len() as u64;
+                Ok(chunk)
+            });
+            let mut c = c.clone();
+            c.compression = compression.into();
+            collect(verified(Box::pin(endless), c).unwrap())
+                .await
+                .unwrap_err();
+            assert!(*pulled.lock().unwrap() <= limit + 4096, "{compression}");
+        }
+        assert!(limit > nar.len() as u64);
     }
 
     #[test]

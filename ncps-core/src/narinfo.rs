@@ -94,6 +94,11 @@ impl FromStr for NarInfo {
         let mut extra = Vec::new();
 
         for line in text.lines() {
+            // `lines` strips the `\r` of `\r\n` but not a bare one ending the
+            // text, nor more than one: strip them all, or a value ending in
+            // `\r` would change when the narinfo is written out and read
+            // again (found by fuzzing).
+            let line = line.trim_end_matches('\r');
             if line.is_empty() {
                 continue;
             }
@@ -292,6 +297,18 @@ Sig: envprobe-cache-1:smKjMsRFBW8LTDOJXbeDelVFTvA2YJlJg84S7MxUi0r+P3o35nZIGC7/qg
         assert_eq!(info.compression, "bzip2");
         assert!(info.references.is_empty());
         assert!(info.to_string().contains("References: \n"));
+    }
+
+    #[test]
+    fn a_carriage_return_ending_the_text_is_a_line_ending() {
+        let crlf = FROM_NIX.replace('\n', "\r\n");
+        let bare = crlf.strip_suffix('\n').unwrap();
+        let (a, b): (NarInfo, NarInfo) = (crlf.parse().unwrap(), bare.parse().unwrap());
+        assert_eq!(a, FROM_NIX.parse::<NarInfo>().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(b.to_string().parse::<NarInfo>().unwrap(), b);
+        let crcr: NarInfo = FROM_NIX.replace('\n', "\r\r\r\n").parse().unwrap();
+        assert_eq!(crcr, a);
     }
 
     #[test]

@@ -8,11 +8,18 @@ use std::time::{Duration, Instant};
 /// Past this many entries, expired ones are dropped; if all are live, all are.
 const MAX_ENTRIES: usize = 100_000;
 
+/// Expired entries are dropped whenever the map reaches twice the size it
+/// had after the last such sweep (at least this), so a steady stream of
+/// absent paths keeps it near its live size rather than [`MAX_ENTRIES`].
+const FIRST_SWEEP: usize = 1024;
+
 /// Store path hashes known absent upstream, each until its TTL runs out.
 #[derive(Debug)]
 pub struct NegativeCache {
     ttl: Duration,
     until: Mutex<HashMap<String, Instant>>,
+    /// The size at which expired entries are next swept out.
+    sweep_at: Mutex<usize>,
 }
 
 impl NegativeCache {
@@ -21,6 +28,7 @@ impl NegativeCache {
         NegativeCache {
             ttl,
             until: Mutex::default(),
+            sweep_at: Mutex::new(FIRST_SWEEP),
         }
     }
 
@@ -44,11 +52,13 @@ impl NegativeCache {
         }
         let now = Instant::now();
         let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
-        if until.len() >= MAX_ENTRIES {
+        let mut sweep_at = self.sweep_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if until.len() >= (*sweep_at).min(MAX_ENTRIES) {
             until.retain(|_, t| *t > now);
             if until.len() >= MAX_ENTRIES {
                 until.clear();
             }
+            *sweep_at = (until.len() * 2).max(FIRST_SWEEP);
         }
         until.insert(hash.to_owned(), now + self.ttl);
     }
@@ -79,6 +89,12 @@ mod tests {
         expired.remember("a");
         std::thread::sleep(Duration::from_millis(2));
         assert!(!expired.is_absent("a"));
+
+        // Expired entries do not pile up.
+        for i in 0..10 * FIRST_SWEEP {
+            expired.remember(&i.to_string());
+        }
+        assert!(expired.until.lock().unwrap().len() <= 2 * FIRST_SWEEP);
 
         let disabled = NegativeCache::new(Duration::ZERO);
         disabled.remember("a");

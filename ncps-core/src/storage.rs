@@ -89,6 +89,14 @@ pub trait Storage: Send + Sync + Debug {
     /// Deletes the object under `key`; returns whether there was one.
     async fn delete(&self, key: &str) -> Result<bool>;
 
+    /// Every object whose key starts with `prefix/`, as (key, size), for
+    /// checks of storage against the database (`ncps-cli fsck`); `None` if
+    /// the backend cannot list. The default: `None`.
+    async fn list_objects(&self, prefix: &str) -> Result<Option<Vec<(String, u64)>>> {
+        let _ = prefix;
+        Ok(None)
+    }
+
     /// Writes that started and never finished, as a crashed process leaves
     /// them (temporary files, multipart uploads); only those of `key` when
     /// given. Some may still be running in another process; see
@@ -102,6 +110,14 @@ pub trait Storage: Send + Sync + Debug {
     async fn discard(&self, incomplete: &Incomplete) -> Result<()> {
         let _ = incomplete;
         Ok(())
+    }
+
+    /// How many more bytes can be stored, when the backend can tell (a
+    /// local filesystem can; S3 has no such limit). The engine refuses a
+    /// download that cannot fit with [`crate::Error::InsufficientStorage`]
+    /// before it starts. The default: `None`, unknown.
+    async fn available_space(&self) -> Result<Option<u64>> {
+        Ok(None)
     }
 }
 

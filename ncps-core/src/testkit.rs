@@ -5,6 +5,7 @@
 //! with a message naming the broken rule. They use keys under a
 //! `conformance` prefix, so run each suite on its own empty instance.
 
+pub mod eviction_metadata;
 pub mod upstream;
 
 /// Whether tests must fail, not skip, when a service they need is missing
@@ -861,6 +862,7 @@ pub async fn metadata_conformance(db: &dyn MetadataDb) {
     );
 
     metadata_listing(db, &other).await;
+    eviction_metadata::eviction_metadata_conformance(db).await;
     db.ping().await.expect("metadata: ping failed");
 }
 

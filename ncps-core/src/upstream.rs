@@ -438,7 +438,8 @@ impl Upstream {
         {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_METADATA_LEN {
-                return Err(Error::InvalidInput(format!(
+                // A misbehaving upstream (an endless body), not an absent path.
+                return Err(Error::Upstream(format!(
                     "{shown}: body larger than {MAX_METADATA_LEN} bytes"
                 )));
             }

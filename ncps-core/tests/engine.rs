@@ -16,6 +16,7 @@ const STEP: std::time::Duration = std::time::Duration::from_secs(10);
 struct Setup {
     cache: Cache,
     storage: Arc<dyn Storage>,
+    db: Arc<dyn ncps_core::MetadataDb>,
     _dir: tempfile::TempDir,
 }
 
@@ -23,7 +24,8 @@ fn setup(upstreams: &[(&TestUpstream, &SigningKey, Option<u32>)]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> =
         Arc::new(ncps_store::LocalStorage::new(dir.path().join("store")).unwrap());
-    let db = Arc::new(ncps_db::SqliteDb::open(dir.path().join("db.sqlite")).unwrap());
+    let db: Arc<dyn ncps_core::MetadataDb> =
+        Arc::new(ncps_db::SqliteDb::open(dir.path().join("db.sqlite")).unwrap());
     let lock = Arc::new(ncps_lock::LocalLock::new());
     let upstreams = upstreams
         .iter()
@@ -37,7 +39,7 @@ fn setup(upstreams: &[(&TestUpstream, &SigningKey, Option<u32>)]) -> Setup {
     let cache = Cache::new(
         storage.clone(),
         lock,
-        db,
+        db.clone(),
         upstreams,
         SigningKey::generate("proxy-1"),
         CacheOptions::default(),
@@ -45,6 +47,7 @@ fn setup(upstreams: &[(&TestUpstream, &SigningKey, Option<u32>)]) -> Setup {
     Setup {
         cache,
         storage,
+        db,
         _dir: dir,
     }
 }
@@ -334,4 +337,34 @@ async fn a_late_reader_streams_a_download_in_progress() {
     whole.extend(read_all(late).await.unwrap());
     assert_eq!(whole, f.nar);
     assert_eq!(upstream.hits(&f.nar_path()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_narinfos_come_from_memory_until_deleted_here() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("hot", 1000, &key);
+    let g = fixture("hot-deleted", 1000, &key);
+    f.publish(&upstream, &f.nar);
+    g.publish(&upstream, &g.nar);
+    let s = setup(&[(&upstream, &key, None)]);
+    let first = s.cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    assert_eq!(s.cache.narinfo(&f.hash()).await.unwrap().unwrap(), first);
+
+    // Another process removes the record: this one still answers from memory
+    // (for 30 s at most), without asking the database.
+    assert!(s.db.delete_narinfo(f.hash().as_str()).await.unwrap());
+    assert_eq!(s.cache.narinfo(&f.hash()).await.unwrap().unwrap(), first);
+    assert_eq!(upstream.hits(&format!("/{}.narinfo", f.hash())), 1);
+
+    // A delete through this engine is seen at once.
+    s.cache.narinfo(&g.hash()).await.unwrap().unwrap();
+    s.cache.narinfo(&g.hash()).await.unwrap().unwrap();
+    upstream.put(
+        &format!("/{}.narinfo", g.hash()),
+        StatusCode::NOT_FOUND,
+        Vec::new(),
+    );
+    assert!(s.cache.delete_narinfo(&g.hash()).await.unwrap());
+    assert_eq!(s.cache.narinfo(&g.hash()).await.unwrap(), None);
 }

@@ -1,7 +1,10 @@
 //! Copying all metadata from one database to another, whatever their
 //! backends: narinfo and NAR records, and configuration (the signing key).
+//! Pins are copied too, counters not; NARs that were in the source's storage
+//! are marked as not known in the target's, so a server using the target
+//! looks each one up once.
 
-use ncps_core::{Error, MetadataDb, Result};
+use ncps_core::{Error, MetadataDb, NarStorage, Result};
 
 /// How many records [`copy`] reads per page when not told.
 pub const DEFAULT_BATCH: usize = 1000;
@@ -15,6 +18,8 @@ pub struct CopyStats {
     pub nars: u64,
     /// Configuration values written or found already equal.
     pub config: u64,
+    /// Pins written or found already there.
+    pub pins: u64,
 }
 
 /// Copies every record of `from` into `to`, reading `batch` records at a time.
@@ -63,8 +68,19 @@ pub async fn copy(from: &dyn MetadataDb, to: &dyn MetadataDb, batch: usize) -> R
         after = Some(last.file.clone());
         for record in &page {
             to.put_nar(record).await?;
+            // What was in storage is looked up again by the server using the
+            // target: its storage may not be the source's.
+            let storage = match from.get_nar_storage(&record.file).await? {
+                Some(NarStorage::Absent) => NarStorage::Absent,
+                _ => NarStorage::Unknown,
+            };
+            to.set_nar_storage(&record.file, storage).await?;
             stats.nars += 1;
         }
+    }
+    for pin in from.list_pins().await? {
+        to.add_pin(&pin.hash, pin.created_at).await?;
+        stats.pins += 1;
     }
     tracing::info!(?stats, "copied metadata");
     Ok(stats)

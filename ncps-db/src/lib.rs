@@ -43,7 +43,7 @@ pub use copy::{CopyStats, DEFAULT_BATCH, copy};
 pub use db_url::redact_url;
 #[cfg(feature = "mysql")]
 pub use mysql::MysqlDb;
-pub use open::open;
+pub use open::{check_url, open};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresDb;
 #[cfg(feature = "sqlite")]

@@ -13,11 +13,22 @@ use mysql_async::{
 };
 use ncps_core::{Error, MetadataDb, NarInfoRecord, NarRecord, Result};
 
+use ncps_core::{NarStorage, PinRecord, StorageUsage, StoredNar};
+
 use crate::db_url::{DbUrl, redact_url};
 use crate::values::{size_from_db, size_to_db, unix_now};
 
 /// The schema migrations, applied in order; each version is applied once.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/mysql/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/mysql/0001_initial.sql")),
+    (
+        2,
+        include_str!("../migrations/mysql/0002_eviction_pins.sql"),
+    ),
+];
+
+/// Most access times one statement records.
+const ACCESS_CHUNK: usize = 500;
 
 /// Pool size when none is given (ncps's default for MySQL).
 const DEFAULT_MAX_CONNS: usize = 25;
@@ -210,7 +221,7 @@ type Call<'a, T> =
     Pin<Box<dyn Future<Output = std::result::Result<T, mysql_async::Error>> + Send + 'a>>;
 
 /// The connection options a URL names. The password never appears in errors.
-fn parse_opts(url: &str, max_size: usize) -> Result<Opts> {
+pub(crate) fn parse_opts(url: &str, max_size: usize) -> Result<Opts> {
     let invalid =
         |why: String| Error::InvalidInput(format!("database URL {}: {why}", redact_url(url)));
     let parsed = DbUrl::parse(url)?;
@@ -632,6 +643,233 @@ impl MetadataDb for MysqlDb {
         })
         .collect()
     }
+
+    async fn set_nar_storage(&self, file: &str, storage: NarStorage) -> Result<bool> {
+        // Only the rows found count: MySQL reports a row set to its old value as unchanged.
+        self.exec_drop(
+            "recording what storage holds of a NAR",
+            "UPDATE nars SET stored_size = ? WHERE file = ?",
+            vec![storage.to_column().into(), file.into()],
+        )
+        .await?;
+        Ok(self.get_nar_storage(file).await? == Some(storage))
+    }
+
+    async fn get_nar_storage(&self, file: &str) -> Result<Option<NarStorage>> {
+        let context = "reading what storage holds of a NAR";
+        self.exec_first(
+            context,
+            "SELECT stored_size FROM nars WHERE file = ?",
+            vec![file.into()],
+        )
+        .await?
+        .map(|mut row| take::<Option<i64>>(&mut row, "stored_size", context))
+        .transpose()
+        .map(|found| found.map(NarStorage::from_column))
+    }
+
+    async fn stored_nars_by_last_access(
+        &self,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredNar>> {
+        let context = "listing NARs by last access";
+        let (at, file) = match after {
+            Some((at, file)) => (Some(at), Some(file)),
+            None => (None, None),
+        };
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        self.exec(
+            context,
+            "SELECT file, stored_size, last_accessed_at, upstream_url FROM nars
+             WHERE stored_size >= 0
+               AND (? IS NULL OR last_accessed_at > ? OR (last_accessed_at = ? AND file > ?))
+             ORDER BY last_accessed_at, file LIMIT ?",
+            vec![at.into(), at.into(), at.into(), file.into(), limit.into()],
+        )
+        .await?
+        .into_iter()
+        .map(|mut row| {
+            Ok(StoredNar {
+                file: take(&mut row, "file", context)?,
+                size: size_from_db("stored_size", take(&mut row, "stored_size", context)?)?,
+                last_accessed_at: take(&mut row, "last_accessed_at", context)?,
+                upstream_url: take(&mut row, "upstream_url", context)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn nars_of_unknown_storage(&self, limit: usize) -> Result<Vec<String>> {
+        let context = "listing NARs of unknown storage";
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        self.exec(
+            context,
+            "SELECT file FROM nars WHERE stored_size < 0 ORDER BY file LIMIT ?",
+            vec![limit.into()],
+        )
+        .await?
+        .into_iter()
+        .map(|mut row| take(&mut row, "file", context))
+        .collect()
+    }
+
+    async fn storage_usage(&self) -> Result<StorageUsage> {
+        let context = "summing up storage";
+        let mut row = self
+            .exec_first(
+                context,
+                "SELECT (SELECT COUNT(*) FROM narinfos) AS narinfos,
+                        (SELECT COUNT(*) FROM nars) AS nar_records,
+                        (SELECT COUNT(*) FROM nars WHERE stored_size >= 0) AS stored_nars,
+                        CAST((SELECT COALESCE(SUM(stored_size), 0) FROM nars
+                              WHERE stored_size >= 0) AS SIGNED) AS stored_bytes,
+                        (SELECT COUNT(*) FROM nars WHERE stored_size < 0) AS unknown_nars,
+                        (SELECT COUNT(*) FROM pins) AS pins",
+                Vec::new(),
+            )
+            .await?
+            .ok_or_else(|| Error::backend(context, "no row"))?;
+        let mut n = |name: &str| {
+            take::<i64>(&mut row, name, context).map(|v| u64::try_from(v).unwrap_or(0))
+        };
+        Ok(StorageUsage {
+            narinfos: n("narinfos")?,
+            nar_records: n("nar_records")?,
+            stored_nars: n("stored_nars")?,
+            stored_bytes: n("stored_bytes")?,
+            unknown_nars: n("unknown_nars")?,
+            pins: n("pins")?,
+        })
+    }
+
+    async fn narinfos_of_nar(&self, file: &str) -> Result<Vec<String>> {
+        let context = "listing the narinfos of a NAR";
+        self.exec(
+            context,
+            "SELECT hash FROM narinfos WHERE nar_file = ? ORDER BY hash",
+            vec![file.into()],
+        )
+        .await?
+        .into_iter()
+        .map(|mut row| take(&mut row, "hash", context))
+        .collect()
+    }
+
+    async fn record_accesses(
+        &self,
+        narinfos: &[(String, i64)],
+        nars: &[(String, i64)],
+    ) -> Result<()> {
+        for (table, key, entries) in [("narinfos", "hash", narinfos), ("nars", "file", nars)] {
+            for chunk in entries.chunks(ACCESS_CHUNK) {
+                // One statement per chunk: the new time of each key by CASE.
+                let cases = " WHEN ? THEN ?".repeat(chunk.len());
+                let keys = vec!["?"; chunk.len()].join(", ");
+                let sql = format!(
+                    "UPDATE {table} SET last_accessed_at =
+                     GREATEST(last_accessed_at, CASE {key}{cases} END)
+                     WHERE {key} IN ({keys})"
+                );
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+                for (k, at) in chunk {
+                    params.push(k.as_str().into());
+                    params.push((*at).into());
+                }
+                params.extend(chunk.iter().map(|(k, _)| Value::from(k.as_str())));
+                self.exec_drop("recording accesses", &sql, params).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_pin(&self, hash: &str, at: i64) -> Result<bool> {
+        let context = "pinning a store path";
+        let existed = self
+            .exec_first(
+                context,
+                "SELECT hash FROM pins WHERE hash = ?",
+                vec![hash.into()],
+            )
+            .await?
+            .is_some();
+        self.exec_drop(
+            context,
+            "INSERT INTO pins (hash, created_at) VALUES (?, ?)
+             ON DUPLICATE KEY UPDATE hash = hash",
+            vec![hash.into(), at.into()],
+        )
+        .await?;
+        Ok(!existed)
+    }
+
+    async fn delete_pin(&self, hash: &str) -> Result<bool> {
+        self.exec_drop(
+            "unpinning a store path",
+            "DELETE FROM pins WHERE hash = ?",
+            vec![hash.into()],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn list_pins(&self) -> Result<Vec<PinRecord>> {
+        let context = "listing pins";
+        self.exec(
+            context,
+            "SELECT hash, created_at FROM pins ORDER BY hash",
+            Vec::new(),
+        )
+        .await?
+        .into_iter()
+        .map(|mut row| {
+            Ok(PinRecord {
+                hash: take(&mut row, "hash", context)?,
+                created_at: take(&mut row, "created_at", context)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn add_counters(&self, deltas: &[(String, i64)]) -> Result<()> {
+        let mut summed = std::collections::BTreeMap::<&str, i64>::new();
+        for (name, delta) in deltas {
+            *summed.entry(name.as_str()).or_default() += delta;
+        }
+        if summed.is_empty() {
+            return Ok(());
+        }
+        let rows = vec!["(?, ?)"; summed.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO counters (name, `value`) VALUES {rows}
+             ON DUPLICATE KEY UPDATE `value` = `value` + VALUES(`value`)"
+        );
+        let params = summed
+            .into_iter()
+            .flat_map(|(name, delta)| [Value::from(name), Value::from(delta)])
+            .collect();
+        self.exec_drop("adding to counters", &sql, params)
+            .await
+            .map(drop)
+    }
+
+    async fn list_counters(&self) -> Result<Vec<(String, i64)>> {
+        let context = "listing counters";
+        self.exec(
+            context,
+            "SELECT name, `value` FROM counters ORDER BY name",
+            Vec::new(),
+        )
+        .await?
+        .into_iter()
+        .map(|mut row| {
+            Ok((
+                take(&mut row, "name", context)?,
+                take(&mut row, "value", context)?,
+            ))
+        })
+        .collect()
+    }
 }
 
 #[cfg(test)]
@@ -685,5 +923,6 @@ mod tests {
             vec!["CREATE TABLE a (\n  x INT\n)", "CREATE TABLE b (y INT)"]
         );
         assert_eq!(statements(MIGRATIONS[0].1).len(), 3);
+        assert_eq!(statements(MIGRATIONS[1].1).len(), 4);
     }
 }

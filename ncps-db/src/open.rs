@@ -38,6 +38,60 @@ pub async fn open(url: &str, max_conns: usize) -> Result<Arc<dyn MetadataDb>> {
     }
 }
 
+/// Checks that this build can open `url` and that it is well formed,
+/// without connecting to anything or creating any file: what
+/// `ncps-server --check-config` says about `--cache-database-url`.
+pub fn check_url(url: &str) -> Result<()> {
+    let scheme = if url == ":memory:" {
+        "sqlite"
+    } else {
+        url.split_once(':').map_or("", |(scheme, _)| scheme)
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" | "sqlite3" => check_sqlite(url),
+        "postgres" | "postgresql" | "postgres+unix" => check_postgres(url),
+        "mysql" | "mysql+unix" => check_mysql(url),
+        _ => Err(Error::InvalidInput(format!(
+            "database URL {}: expected sqlite:, postgres://, postgresql:// or mysql://",
+            redact_url(url)
+        ))),
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn check_sqlite(url: &str) -> Result<()> {
+    let url = match url.get(..8) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("sqlite3:") => format!("sqlite:{}", &url[8..]),
+        _ => url.to_string(),
+    };
+    crate::sqlite::parse_url(&url).map(drop)
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn check_sqlite(url: &str) -> Result<()> {
+    Err(not_built(url, "SQLite", "sqlite"))
+}
+
+#[cfg(feature = "postgres")]
+fn check_postgres(url: &str) -> Result<()> {
+    crate::postgres::parse_config(url).map(drop)
+}
+
+#[cfg(not(feature = "postgres"))]
+fn check_postgres(url: &str) -> Result<()> {
+    Err(not_built(url, "PostgreSQL", "postgres"))
+}
+
+#[cfg(feature = "mysql")]
+fn check_mysql(url: &str) -> Result<()> {
+    crate::mysql::parse_opts(url, 1).map(drop)
+}
+
+#[cfg(not(feature = "mysql"))]
+fn check_mysql(url: &str) -> Result<()> {
+    Err(not_built(url, "MySQL", "mysql"))
+}
+
 /// The error for a backend this build was compiled without.
 #[allow(dead_code)]
 fn not_built(url: &str, backend: &str, feature: &str) -> Error {
@@ -83,4 +137,23 @@ async fn open_mysql(url: &str, max_conns: usize) -> Result<Arc<dyn MetadataDb>> 
 #[cfg(not(feature = "mysql"))]
 async fn open_mysql(url: &str, _max_conns: usize) -> Result<Arc<dyn MetadataDb>> {
     Err(not_built(url, "MySQL", "mysql"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_url_connects_to_nothing_and_hides_passwords() {
+        assert!(check_url("sqlite:/nonexistent/dir/db.sqlite").is_ok());
+        assert!(check_url(":memory:").is_ok());
+        assert!(check_url("sqlite:/x?mode=ro").is_err());
+        let e = check_url("redis://u:hunter2@h/0").unwrap_err().to_string();
+        assert!(e.contains("expected sqlite:"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        #[cfg(feature = "postgres")]
+        assert!(check_url("postgres://u:p@127.0.0.1:1/db").is_ok());
+        #[cfg(feature = "mysql")]
+        assert!(check_url("mysql://u:p@127.0.0.1:1/db").is_ok());
+    }
 }

@@ -12,6 +12,7 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use ncps_core::{Error, MetadataDb, NarInfoRecord, NarRecord, Result};
+use ncps_core::{NarStorage, PinRecord, StorageUsage, StoredNar};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -21,7 +22,16 @@ use crate::db_url::{DbUrl, redact_url};
 use crate::values::{size_from_db, size_to_db, unix_now};
 
 /// The schema migrations, applied in order; each version is applied once.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_initial.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_eviction_pins.sql"),
+    ),
+];
+
+/// Most access times one statement records.
+const ACCESS_CHUNK: usize = 5000;
 
 /// The advisory lock key held while migrating, so instances starting together
 /// migrate one after the other ("ncpsmigr" in ASCII).
@@ -215,7 +225,7 @@ type Call<'a, T> =
     Pin<Box<dyn Future<Output = std::result::Result<T, tokio_postgres::Error>> + Send + 'a>>;
 
 /// The connection settings a URL names. The password never appears in errors.
-fn parse_config(url: &str) -> Result<Config> {
+pub(crate) fn parse_config(url: &str) -> Result<Config> {
     let invalid = |why: &dyn fmt::Display| {
         Error::InvalidInput(format!("database URL {}: {why}", redact_url(url)))
     };
@@ -579,6 +589,238 @@ impl MetadataDb for PostgresDb {
                 ))
             })
             .collect()
+    }
+
+    async fn set_nar_storage(&self, file: &str, storage: NarStorage) -> Result<bool> {
+        self.execute(
+            "recording what storage holds of a NAR",
+            "UPDATE nars SET stored_size = $2 WHERE file = $1",
+            &[&file, &storage.to_column()],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn get_nar_storage(&self, file: &str) -> Result<Option<NarStorage>> {
+        let context = "reading what storage holds of a NAR";
+        self.query_opt(
+            context,
+            "SELECT stored_size FROM nars WHERE file = $1",
+            &[&file],
+        )
+        .await?
+        .map(|row| {
+            row.try_get::<_, Option<i64>>(0)
+                .map(NarStorage::from_column)
+                .map_err(|e| Error::backend(context, describe(&e)))
+        })
+        .transpose()
+    }
+
+    async fn stored_nars_by_last_access(
+        &self,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredNar>> {
+        let context = "listing NARs by last access";
+        let (at, file) = match after {
+            Some((at, file)) => (Some(at), Some(file)),
+            None => (None, None),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            context,
+            "SELECT file, stored_size, last_accessed_at, upstream_url FROM nars
+             WHERE stored_size >= 0
+               AND ($1::BIGINT IS NULL OR (last_accessed_at, file) > ($1, $2::TEXT))
+             ORDER BY last_accessed_at, file LIMIT $3",
+            &[&at, &file, &limit],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let column = |e: tokio_postgres::Error| Error::backend(context, describe(&e));
+            Ok(StoredNar {
+                file: row.try_get(0).map_err(column)?,
+                size: size_from_db("stored_size", row.try_get(1).map_err(column)?)?,
+                last_accessed_at: row.try_get(2).map_err(column)?,
+                upstream_url: row.try_get(3).map_err(column)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn nars_of_unknown_storage(&self, limit: usize) -> Result<Vec<String>> {
+        let context = "listing NARs of unknown storage";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            context,
+            "SELECT file FROM nars WHERE stored_size < 0 ORDER BY file LIMIT $1",
+            &[&limit],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            row.try_get(0)
+                .map_err(|e| Error::backend(context, describe(&e)))
+        })
+        .collect()
+    }
+
+    async fn storage_usage(&self) -> Result<StorageUsage> {
+        let context = "summing up storage";
+        let row = self
+            .query_opt(
+                context,
+                "SELECT (SELECT COUNT(*) FROM narinfos), (SELECT COUNT(*) FROM nars),
+                        (SELECT COUNT(*) FROM nars WHERE stored_size >= 0),
+                        (SELECT COALESCE(SUM(stored_size), 0)::BIGINT FROM nars
+                         WHERE stored_size >= 0),
+                        (SELECT COUNT(*) FROM nars WHERE stored_size < 0),
+                        (SELECT COUNT(*) FROM pins)",
+                &[],
+            )
+            .await?
+            .ok_or_else(|| Error::backend(context, "no row"))?;
+        let n = |i: usize| {
+            row.try_get::<_, i64>(i)
+                .map(|v| u64::try_from(v).unwrap_or(0))
+                .map_err(|e| Error::backend(context, describe(&e)))
+        };
+        Ok(StorageUsage {
+            narinfos: n(0)?,
+            nar_records: n(1)?,
+            stored_nars: n(2)?,
+            stored_bytes: n(3)?,
+            unknown_nars: n(4)?,
+            pins: n(5)?,
+        })
+    }
+
+    async fn narinfos_of_nar(&self, file: &str) -> Result<Vec<String>> {
+        let context = "listing the narinfos of a NAR";
+        self.query(
+            context,
+            "SELECT hash FROM narinfos WHERE nar_file = $1 ORDER BY hash",
+            &[&file],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            row.try_get(0)
+                .map_err(|e| Error::backend(context, describe(&e)))
+        })
+        .collect()
+    }
+
+    async fn record_accesses(
+        &self,
+        narinfos: &[(String, i64)],
+        nars: &[(String, i64)],
+    ) -> Result<()> {
+        // One statement per chunk: arrays of keys and times, joined by UNNEST.
+        for chunk in narinfos.chunks(ACCESS_CHUNK) {
+            let (keys, ats): (Vec<&str>, Vec<i64>) =
+                chunk.iter().map(|(k, at)| (k.as_str(), *at)).unzip();
+            self.execute(
+                "recording narinfo accesses",
+                "UPDATE narinfos AS n SET last_accessed_at = GREATEST(n.last_accessed_at, v.at)
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS v(hash, at) WHERE n.hash = v.hash",
+                &[&keys, &ats],
+            )
+            .await?;
+        }
+        for chunk in nars.chunks(ACCESS_CHUNK) {
+            let (keys, ats): (Vec<&str>, Vec<i64>) =
+                chunk.iter().map(|(k, at)| (k.as_str(), *at)).unzip();
+            self.execute(
+                "recording NAR accesses",
+                "UPDATE nars AS n SET last_accessed_at = GREATEST(n.last_accessed_at, v.at)
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS v(file, at) WHERE n.file = v.file",
+                &[&keys, &ats],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn add_pin(&self, hash: &str, at: i64) -> Result<bool> {
+        self.execute(
+            "pinning a store path",
+            "INSERT INTO pins (hash, created_at) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+            &[&hash, &at],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn delete_pin(&self, hash: &str) -> Result<bool> {
+        self.execute(
+            "unpinning a store path",
+            "DELETE FROM pins WHERE hash = $1",
+            &[&hash],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn list_pins(&self) -> Result<Vec<PinRecord>> {
+        let context = "listing pins";
+        self.query(
+            context,
+            "SELECT hash, created_at FROM pins ORDER BY hash",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let column = |e: tokio_postgres::Error| Error::backend(context, describe(&e));
+            Ok(PinRecord {
+                hash: row.try_get(0).map_err(column)?,
+                created_at: row.try_get(1).map_err(column)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn add_counters(&self, deltas: &[(String, i64)]) -> Result<()> {
+        // Summed per name first: one row may not be updated twice by one statement.
+        let mut summed = std::collections::BTreeMap::<&str, i64>::new();
+        for (name, delta) in deltas {
+            *summed.entry(name.as_str()).or_default() += delta;
+        }
+        if summed.is_empty() {
+            return Ok(());
+        }
+        let (names, values): (Vec<&str>, Vec<i64>) = summed.into_iter().unzip();
+        self.execute(
+            "adding to counters",
+            "INSERT INTO counters (name, value)
+             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[])
+             ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+            &[&names, &values],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn list_counters(&self) -> Result<Vec<(String, i64)>> {
+        let context = "listing counters";
+        self.query(
+            context,
+            "SELECT name, value FROM counters ORDER BY name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let column = |e: tokio_postgres::Error| Error::backend(context, describe(&e));
+            Ok((
+                row.try_get(0).map_err(column)?,
+                row.try_get(1).map_err(column)?,
+            ))
+        })
+        .collect()
     }
 }
 

@@ -6,12 +6,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ncps_core::{Error, MetadataDb, NarInfoRecord, NarRecord, Result};
+use ncps_core::{NarStorage, PinRecord, StorageUsage, StoredNar};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::values::unix_now;
 
 /// The schema migrations, applied in order; each version is applied once.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_initial.sql")),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_eviction_pins.sql"),
+    ),
+];
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,7 +101,7 @@ impl SqliteDb {
 }
 
 /// The file path a database URL names, or `None` for an in-memory database.
-fn parse_url(url: &str) -> Result<Option<&str>> {
+pub(crate) fn parse_url(url: &str) -> Result<Option<&str>> {
     if url == ":memory:" || url == "sqlite::memory:" {
         return Ok(None);
     }
@@ -401,7 +408,204 @@ impl MetadataDb for SqliteDb {
         })
         .await
     }
+
+    async fn set_nar_storage(&self, file: &str, storage: NarStorage) -> Result<bool> {
+        let file = file.to_string();
+        self.call("recording what storage holds of a NAR", move |conn| {
+            conn.execute(
+                "UPDATE nars SET stored_size = ?2 WHERE file = ?1",
+                params![file, storage.to_column()],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn get_nar_storage(&self, file: &str) -> Result<Option<NarStorage>> {
+        let file = file.to_string();
+        self.call("reading what storage holds of a NAR", move |conn| {
+            conn.query_row(
+                "SELECT stored_size FROM nars WHERE file = ?1",
+                [file],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map(|found| found.map(NarStorage::from_column))
+        })
+        .await
+    }
+
+    async fn stored_nars_by_last_access(
+        &self,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredNar>> {
+        let (at, file) = match after {
+            Some((at, file)) => (Some(at), Some(file.to_string())),
+            None => (None, None),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call("listing NARs by last access", move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT file, stored_size, last_accessed_at, upstream_url FROM nars
+                 WHERE stored_size >= 0
+                   AND (?1 IS NULL OR last_accessed_at > ?1
+                        OR (last_accessed_at = ?1 AND file > ?2))
+                 ORDER BY last_accessed_at, file LIMIT ?3",
+            )?;
+            let rows = statement.query_map(params![at, file, limit], |row| {
+                Ok(StoredNar {
+                    file: row.get(0)?,
+                    size: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    last_accessed_at: row.get(2)?,
+                    upstream_url: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn nars_of_unknown_storage(&self, limit: usize) -> Result<Vec<String>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call("listing NARs of unknown storage", move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT file FROM nars WHERE stored_size < 0 ORDER BY file LIMIT ?1",
+            )?;
+            let rows = statement.query_map([limit], |row| row.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn storage_usage(&self) -> Result<StorageUsage> {
+        self.call("summing up storage", |conn| {
+            conn.query_row(STORAGE_USAGE_SQL, [], |row| {
+                let n = |i: usize| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+                Ok(StorageUsage {
+                    narinfos: n(0)?,
+                    nar_records: n(1)?,
+                    stored_nars: n(2)?,
+                    stored_bytes: n(3)?,
+                    unknown_nars: n(4)?,
+                    pins: n(5)?,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn narinfos_of_nar(&self, file: &str) -> Result<Vec<String>> {
+        let file = file.to_string();
+        self.call("listing the narinfos of a NAR", move |conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT hash FROM narinfos WHERE nar_file = ?1 ORDER BY hash")?;
+            let rows = statement.query_map([file], |row| row.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn record_accesses(
+        &self,
+        narinfos: &[(String, i64)],
+        nars: &[(String, i64)],
+    ) -> Result<()> {
+        let narinfos = narinfos.to_vec();
+        let nars = nars.to_vec();
+        self.call("recording accesses", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut statement = tx.prepare_cached(
+                    "UPDATE narinfos SET last_accessed_at = MAX(last_accessed_at, ?2)
+                     WHERE hash = ?1",
+                )?;
+                for (hash, at) in &narinfos {
+                    statement.execute(params![hash, at])?;
+                }
+                let mut statement = tx.prepare_cached(
+                    "UPDATE nars SET last_accessed_at = MAX(last_accessed_at, ?2) WHERE file = ?1",
+                )?;
+                for (file, at) in &nars {
+                    statement.execute(params![file, at])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn add_pin(&self, hash: &str, at: i64) -> Result<bool> {
+        let hash = hash.to_string();
+        self.call("pinning a store path", move |conn| {
+            conn.execute(
+                "INSERT INTO pins (hash, created_at) VALUES (?1, ?2) ON CONFLICT (hash) DO NOTHING",
+                params![hash, at],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn delete_pin(&self, hash: &str) -> Result<bool> {
+        let hash = hash.to_string();
+        self.call("unpinning a store path", move |conn| {
+            conn.execute("DELETE FROM pins WHERE hash = ?1", [hash])
+                .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn list_pins(&self) -> Result<Vec<PinRecord>> {
+        self.call("listing pins", |conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT hash, created_at FROM pins ORDER BY hash")?;
+            let rows = statement.query_map([], |row| {
+                Ok(PinRecord {
+                    hash: row.get(0)?,
+                    created_at: row.get(1)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn add_counters(&self, deltas: &[(String, i64)]) -> Result<()> {
+        let deltas = deltas.to_vec();
+        self.call("adding to counters", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut statement = tx.prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                )?;
+                for (name, delta) in &deltas {
+                    statement.execute(params![name, delta])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn list_counters(&self) -> Result<Vec<(String, i64)>> {
+        self.call("listing counters", |conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
 }
+
+/// What the cache holds (see [`StorageUsage`]), in one statement.
+const STORAGE_USAGE_SQL: &str =
+    "SELECT (SELECT COUNT(*) FROM narinfos), (SELECT COUNT(*) FROM nars),
+        (SELECT COUNT(*) FROM nars WHERE stored_size >= 0),
+        (SELECT COALESCE(SUM(stored_size), 0) FROM nars WHERE stored_size >= 0),
+        (SELECT COUNT(*) FROM nars WHERE stored_size < 0), (SELECT COUNT(*) FROM pins)";
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ncps_core::{MetadataDb, NarRecord};
+use ncps_core::{MetadataDb, NarRecord, NarStorage};
 use ncps_db::SqliteDb;
 
 #[tokio::test]
@@ -74,7 +74,11 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
             .expect("set_config_if_absent");
     }
     let before = migrations(&path);
-    assert_eq!(before.len(), 1, "one migration recorded: {before:?}");
+    assert_eq!(
+        before.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        vec![1, 2],
+        "each migration recorded once: {before:?}"
+    );
 
     let db = SqliteDb::open(&path).expect("second open");
     assert_eq!(
@@ -87,4 +91,70 @@ async fn reopening_keeps_data_and_does_not_rerun_migrations() {
     );
     drop(db);
     assert_eq!(migrations(&path), before, "migrations re-run on reopen");
+}
+
+/// A database left by a build with only migration 1 moves to the current
+/// schema with its records kept, its NARs marked as not known to be in
+/// storage (so the server looks), and pins working.
+#[tokio::test]
+async fn migrating_from_v1_keeps_records_and_marks_their_storage_unknown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v1.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open raw");
+        conn.execute_batch(include_str!("../migrations/sqlite/0001_initial.sql"))
+            .expect("v1 schema");
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER);
+             INSERT INTO schema_migrations VALUES (1, 1);
+             INSERT INTO nars VALUES ('old.nar.xz', 'xz', NULL, 5, 'sha256:x', 9, NULL, 3);
+             INSERT INTO narinfos VALUES ('0c3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc', 'StorePath: x', 'old.nar.xz', 1, 2);",
+        )
+        .expect("v1 rows");
+    }
+    let db = SqliteDb::open(&path).expect("migrating open");
+    assert_eq!(
+        migrations(&path)
+            .iter()
+            .map(|(v, _)| *v)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        db.get_nar_storage("old.nar.xz")
+            .await
+            .expect("get_nar_storage"),
+        Some(NarStorage::Unknown)
+    );
+    assert_eq!(
+        db.get_narinfo("0c3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc")
+            .await
+            .expect("get_narinfo")
+            .map(|r| r.nar_file),
+        Some("old.nar.xz".to_string())
+    );
+    assert!(
+        db.add_pin("0c3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc", 4)
+            .await
+            .expect("add_pin")
+    );
+    // A record written after the migration is not in storage until stored.
+    db.put_nar(&NarRecord {
+        file: "new.nar".to_string(),
+        compression: "none".to_string(),
+        file_hash: None,
+        file_size: None,
+        nar_hash: "sha256:y".to_string(),
+        nar_size: 1,
+        upstream_url: None,
+        last_accessed_at: 5,
+    })
+    .await
+    .expect("put_nar");
+    assert_eq!(
+        db.get_nar_storage("new.nar")
+            .await
+            .expect("get_nar_storage"),
+        Some(NarStorage::Absent)
+    );
 }

@@ -53,6 +53,13 @@ async fn filled(n: usize) -> SqliteDb {
     db.set_config_if_absent("secret-key", "copy-test-1:secret")
         .await
         .expect("set_config_if_absent");
+    if n > 0 {
+        let first = format!("{:032}", 0);
+        db.add_pin(&first, 5).await.expect("add_pin");
+        db.set_nar_storage(&format!("{first}.nar.xz"), ncps_core::NarStorage::Stored(3))
+            .await
+            .expect("set_nar_storage");
+    }
     db
 }
 
@@ -63,6 +70,20 @@ async fn sqlite_to_sqlite_copies_everything_in_pages() {
     let stats = ncps_db::copy(&from, &to, 7).await.expect("copy");
     assert_eq!((stats.narinfos, stats.nars, stats.config), (25, 25, 1));
     assert_eq!(contents(&to).await, contents(&from).await);
+    assert_eq!(stats.pins, 1);
+    assert_eq!(
+        to.list_pins().await.expect("list_pins"),
+        from.list_pins().await.expect("list_pins"),
+        "pins travel with the records"
+    );
+    // NARs the source had in storage are to be looked up again in the target's.
+    assert_eq!(
+        to.nars_of_unknown_storage(100)
+            .await
+            .expect("unknown")
+            .len(),
+        1
+    );
 
     // Copying again changes nothing.
     ncps_db::copy(&from, &to, 0).await.expect("second copy");

@@ -83,9 +83,65 @@ mod with_feature {
         let recorded = migrations(&url).await;
         assert_eq!(
             recorded.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-            vec![1],
+            vec![1, 2],
             "each migration recorded once"
         );
+        drop_database(&server, &url).await;
+    }
+
+    /// A database left by a build with only migration 1 moves to the
+    /// current schema, its NARs marked as not known to be in storage.
+    #[tokio::test]
+    async fn mysql_migrates_from_v1() {
+        let Some((url, server)) = fresh_database("mysql_migrates_from_v1").await else {
+            return;
+        };
+        {
+            use mysql_async::prelude::Queryable;
+            let mut conn = common::mysql_conn(&url).await;
+            let v1 = include_str!("../migrations/mysql/0001_initial.sql");
+            let statements = v1
+                .split(";\n")
+                .map(|s| {
+                    s.lines()
+                        .filter(|l| !l.trim_start().starts_with("--"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .filter(|s| !s.trim().is_empty());
+            for statement in statements {
+                conn.query_drop(statement).await.expect("v1 schema");
+            }
+            for statement in [
+                "CREATE TABLE schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied_at BIGINT NOT NULL)",
+                "INSERT INTO schema_migrations VALUES (1, 1)",
+                "INSERT INTO nars VALUES ('old.nar.xz', 'xz', NULL, 5, 'sha256:x', 9, NULL, 3)",
+            ] {
+                conn.query_drop(statement).await.expect("v1 rows");
+            }
+            let _ = conn.disconnect().await;
+        }
+        let db = MysqlDb::connect(&url, 0).await.expect("migrating connect");
+        assert_eq!(
+            migrations(&url)
+                .await
+                .iter()
+                .map(|(v, _)| *v)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            db.get_nar_storage("old.nar.xz")
+                .await
+                .expect("get_nar_storage"),
+            Some(ncps_core::NarStorage::Unknown)
+        );
+        assert!(
+            db.add_pin("0c3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc", 4)
+                .await
+                .expect("add_pin")
+        );
+        drop(db);
         drop_database(&server, &url).await;
     }
 

@@ -88,7 +88,7 @@ mod with_feature {
         let recorded = migrations(&url).await;
         assert_eq!(
             recorded.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-            vec![1],
+            vec![1, 2],
             "each migration recorded once"
         );
         drop_database(&server, &url).await;
@@ -101,6 +101,53 @@ mod with_feature {
             out.push(task.await.expect("task"));
         }
         out
+    }
+
+    /// A database left by a build with only migration 1 moves to the
+    /// current schema, its NARs marked as not known to be in storage.
+    #[tokio::test]
+    async fn postgres_migrates_from_v1() {
+        let Some((url, server)) = fresh_database("postgres_migrates_from_v1").await else {
+            return;
+        };
+        let client = common::postgres_client(&url).await;
+        client
+            .batch_execute(include_str!("../migrations/postgres/0001_initial.sql"))
+            .await
+            .expect("v1 schema");
+        client
+            .batch_execute(
+                "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+                 INSERT INTO schema_migrations VALUES (1, 1);
+                 INSERT INTO nars VALUES ('old.nar.xz', 'xz', NULL, 5, 'sha256:x', 9, NULL, 3);",
+            )
+            .await
+            .expect("v1 rows");
+        drop(client);
+        let db = PostgresDb::connect(&url, 0)
+            .await
+            .expect("migrating connect");
+        assert_eq!(
+            migrations(&url)
+                .await
+                .iter()
+                .map(|(v, _)| *v)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            db.get_nar_storage("old.nar.xz")
+                .await
+                .expect("get_nar_storage"),
+            Some(ncps_core::NarStorage::Unknown)
+        );
+        assert!(
+            db.add_pin("0c3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc", 4)
+                .await
+                .expect("add_pin")
+        );
+        drop(db);
+        drop_database(&server, &url).await;
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ use ncps_core::netrc::Netrc;
 use ncps_core::upstream::{Upstream, UpstreamConfig, UpstreamOptions, bind_keys};
 use ncps_core::{Cache, CacheOptions, Error, Lock, MetadataDb, Result, SigningKey, Storage};
 
+use crate::metrics::ServerMetrics;
 use crate::options::{DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_KEY, LockBackend, ServeOptions};
 use crate::service::AppState;
 
@@ -17,7 +18,7 @@ const HEALTH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_sec
 const CLEANUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// The netrc file of `--netrc-file`, or `~/.netrc` when it exists.
-fn read_netrc(path: Option<&Path>) -> Result<Option<Netrc>> {
+pub(crate) fn read_netrc(path: Option<&Path>) -> Result<Option<Netrc>> {
     let (path, explicit) = match path {
         Some(path) => (path.to_owned(), true),
         None => match std::env::var_os("HOME") {
@@ -45,7 +46,7 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 /// The machine's hostname, the default `--cache-hostname`.
-fn machine_hostname() -> String {
+pub(crate) fn machine_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_owned())
@@ -55,14 +56,14 @@ fn machine_hostname() -> String {
 }
 
 /// An invalid-option error naming the option, without repeating "invalid input".
-fn invalid(option: &str, cause: impl std::fmt::Display) -> Error {
+pub(crate) fn invalid(option: &str, cause: impl std::fmt::Display) -> Error {
     let cause = cause.to_string();
     let cause = cause.strip_prefix("invalid input: ").unwrap_or(&cause);
     Error::InvalidInput(format!("{option}: {cause}"))
 }
 
 /// The S3 options that only mean something with a bucket.
-fn s3_options_given(options: &ServeOptions) -> Option<&'static str> {
+pub(crate) fn s3_options_given(options: &ServeOptions) -> Option<&'static str> {
     [
         (
             "--cache-storage-s3-endpoint",
@@ -313,7 +314,7 @@ fn temp_dir(options: &ServeOptions) -> Result<PathBuf> {
 }
 
 /// `--cache-advertise-url`, checked to be an http(s) URL without a query.
-fn advertise_url(options: &ServeOptions) -> Result<Option<String>> {
+pub(crate) fn advertise_url(options: &ServeOptions) -> Result<Option<String>> {
     let Some(raw) = &options.cache_advertise_url else {
         return Ok(None);
     };
@@ -327,6 +328,25 @@ fn advertise_url(options: &ServeOptions) -> Result<Option<String>> {
         )),
         Err(e) => Err(invalid("--cache-advertise-url", format!("{raw}: {e}"))),
     }
+}
+
+/// Opens the storage, locks and database `options` name, as `serve` does,
+/// for tools that work on a cache without serving it (`ncps-cli gc`,
+/// `fsck`, `stats`): the same defaults, so they find what the server uses.
+pub async fn open_backends(options: &ServeOptions) -> Result<ncps_core::eviction::Backends> {
+    let data_dir = options
+        .cache_storage_local
+        .clone()
+        .unwrap_or_else(default_data_dir);
+    let database_url = options
+        .cache_database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("db/db.sqlite").display()));
+    Ok(ncps_core::eviction::Backends {
+        storage: open_storage(options, &data_dir).await?,
+        lock: open_lock(options).await?,
+        db: open_db(&database_url, options.cache_database_pool_max_open_conns).await?,
+    })
 }
 
 /// Builds the engine and the state the routes see. Any invalid option is an
@@ -365,8 +385,8 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
     let upstream_options = UpstreamOptions {
         dial_timeout: options.cache_upstream_dialer_timeout,
         response_header_timeout: options.cache_upstream_response_header_timeout,
+        read_timeout: options.cache_upstream_read_timeout,
         netrc: read_netrc(options.netrc_file.as_deref())?.map(Arc::new),
-        ..UpstreamOptions::default()
     };
     let configs = urls
         .iter()
@@ -391,6 +411,9 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
     }))
     .await;
 
+    let eviction = crate::lru_schedule::from_options(options)?;
+    let writes = crate::writes::WriteOptions::from_options(options)?;
+    let tokens = crate::auth::Tokens::from_options(options);
     let storage = open_storage(options, &data_dir).await?;
     let lock = open_lock(options).await?;
     let db = open_db(&database_url, options.cache_database_pool_max_open_conns).await?;
@@ -412,11 +435,40 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
         negative_ttl: options.cache_negative_narinfo_ttl,
         temp_dir: temp_dir(options)?,
         advertise_url: advertise_url(options)?,
+        peer_token: options
+            .cache_get_token
+            .as_ref()
+            .map(|t| t.expose().to_owned())
+            .filter(|t| !t.is_empty()),
         ..CacheOptions::default()
     };
     let cache = Cache::new(storage, lock, db, upstreams, signing_key, cache_options);
     cache.spawn_health_checks(HEALTH_CHECK_INTERVAL);
     cache.spawn_cleanup(CLEANUP_INTERVAL);
+    crate::housekeeping::start(&cache, eviction, &writes, &tokens);
     tracing::info!(public_key = %cache.public_key(), data_dir = %data_dir.display(), "cache ready");
-    Ok(AppState { cache, hostname })
+    let metrics = if options.prometheus_enabled {
+        // Once, here: scrapes never query the database.
+        match cache.load_store_totals().await {
+            Ok(usage) => tracing::info!(
+                paths = usage.narinfos,
+                stored_nars = usage.stored_nars,
+                stored_bytes = usage.stored_bytes,
+                "store totals read for /metrics"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store totals; the store gauges count from 0")
+            }
+        }
+        Some(Arc::new(ServerMetrics::new(cache.metrics())))
+    } else {
+        None
+    };
+    Ok(AppState {
+        cache,
+        hostname,
+        metrics,
+        tokens: Arc::new(tokens),
+        writes: Arc::new(writes),
+    })
 }

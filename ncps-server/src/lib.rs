@@ -3,10 +3,23 @@
 
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod app;
+pub mod auth;
+pub mod byte_size;
+pub mod check_config;
 pub mod config_file;
 pub mod encoding;
+pub mod housekeeping;
+pub mod limits;
+pub mod logging;
+pub mod lru_schedule;
+pub mod metrics;
 pub mod options;
 pub mod range;
+pub mod reference;
+pub mod request_log;
+pub mod routing;
 pub mod server;
 pub mod service;
+pub mod writes;

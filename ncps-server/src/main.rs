@@ -4,11 +4,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ncps_server::options::Cli;
-use ncps_server::{app, config_file, server};
+use ncps_server::{app, check_config, config_file, logging, server};
 
 fn main() -> ExitCode {
+    ncps_server::allocator::limit_arenas();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut unknown_keys = Vec::new();
+    // The environment variables the config file set, for --check-config.
+    let mut from_file = std::collections::BTreeSet::new();
     if let Some(path) = config_file::path_from_args(&args) {
         match config_file::read(path.as_ref()) {
             Ok(config) => {
@@ -16,6 +19,7 @@ fn main() -> ExitCode {
                     if std::env::var_os(env).is_none() {
                         // SAFETY: no other thread exists yet; the runtime starts below.
                         unsafe { std::env::set_var(env, value) };
+                        from_file.insert(env.to_owned());
                     }
                 }
                 unknown_keys = config.unknown_keys;
@@ -26,13 +30,34 @@ fn main() -> ExitCode {
             }
         }
     }
-    let (global, options) = Cli::parse_from(args).serve_options();
-    let filter = tracing_subscriber::EnvFilter::try_new(&global.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let (global, options) = Cli::parse_from(args.iter()).serve_options();
+    if global.check_config {
+        for key in &unknown_keys {
+            eprintln!(
+                "ncps-server: warning: config key {key} is not supported by this server; ignored"
+            );
+        }
+        return check_config::run(&args, &global, &options, &from_file);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ncps-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Inside the runtime: the OpenTelemetry exporter needs one. Dropped
+    // before the runtime, flushing traces.
+    let _logging = {
+        let _entered = runtime.enter();
+        match logging::init(&global) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("ncps-server: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     for key in unknown_keys {
         tracing::warn!(%key, "config key not supported by this server; ignored");
     }
@@ -41,13 +66,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ncps-server: {e}");
             return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("ncps-server: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async move {
@@ -69,7 +87,12 @@ fn main() -> ExitCode {
             "listening on http://{}",
             listener.local_addr().map_or(addr, |a| a)
         );
+        let cache = state.cache.clone();
         server::serve(listener, state, server::shutdown_signal()).await;
+        // What was served since the last batch: access times and counters.
+        if let Err(e) = cache.flush_access_log().await {
+            tracing::warn!(error = %e, "cannot write the last access times");
+        }
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

@@ -52,6 +52,40 @@ pub struct GlobalOptions {
     /// Log level or tracing filter (error, warn, info, debug, trace).
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
+    /// Log format: `text` (one readable line per event, coloured only on a
+    /// terminal) or `json` (one JSON object per line).
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// Export traces over OTLP/gRPC (OpenTelemetry); needs a build with the
+    /// `otel` cargo feature.
+    #[arg(long, env = "OTEL_ENABLED", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set, global = true)]
+    pub otel_enabled: bool,
+    /// The OTLP/gRPC collector URL (default: `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// else `http://localhost:4317`).
+    #[arg(long, env = "OTEL_GRPC_URL", global = true)]
+    pub otel_grpc_url: Option<String>,
+    /// Check the options (flags, environment, config file) and print the
+    /// effective settings with secrets hidden, then exit: 0 when valid, 2 when
+    /// not. Connects to nothing (database, S3, Redis and upstreams are not
+    /// contacted) and creates nothing.
+    #[arg(long, global = true)]
+    pub check_config: bool,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Options of `serve`.
@@ -146,6 +180,11 @@ pub struct ServeOptions {
     #[arg(long, env = "CACHE_UPSTREAM_RESPONSE_HEADER_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub cache_upstream_response_header_timeout: Duration,
 
+    /// How long an upstream may send nothing while a body is coming (an
+    /// ncps-rs addition): a stalled download fails after this, not never.
+    #[arg(long, env = "CACHE_UPSTREAM_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub cache_upstream_read_timeout: Duration,
+
     /// The cache's secret key file (from `nix-store --generate-binary-cache-key`);
     /// without it a key is generated at first start and kept in the database.
     #[arg(long, env = "CACHE_SECRET_KEY_PATH")]
@@ -155,6 +194,68 @@ pub struct ServeOptions {
     #[arg(long, env = "CACHE_SIGN_NARINFO", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub cache_sign_narinfo: bool,
+
+    /// The most bytes of NARs to keep, with a unit: B, K, M, G or T (powers
+    /// of 1024; `10G`, `500M`). Least recently used paths are evicted on
+    /// `--cache-lru-schedule` (hourly when not given). Unlimited when unset.
+    #[arg(long, env = "CACHE_MAX_SIZE", value_parser = crate::byte_size::parse_size)]
+    pub cache_max_size: Option<u64>,
+
+    /// When eviction runs: a cron spec (`0 2 * * *`; 5 fields, or 6 with
+    /// seconds first; `@hourly`, `@daily`; `@every 30m`). Needs `--cache-max-size`.
+    #[arg(long, env = "CACHE_LRU_SCHEDULE")]
+    pub cache_lru_schedule: Option<String>,
+
+    /// The time zone of `--cache-lru-schedule`: `Local` (the machine's) or `UTC`.
+    #[arg(long, env = "CACHE_LRU_SCHEDULE_TZ", default_value = "Local")]
+    pub cache_lru_schedule_timezone: String,
+
+    /// Paths used more recently than this are never evicted, even over
+    /// `--cache-max-size` (an ncps-rs addition): a client of another
+    /// instance may be reading them. 0 turns this off.
+    #[arg(long, env = "CACHE_LRU_MIN_AGE", default_value = "5m", value_parser = parse_duration)]
+    pub cache_lru_min_age: Duration,
+
+    /// How long one instance may hold the eviction lock without extending
+    /// it; the holder extends it while it runs.
+    #[arg(long, env = "CACHE_LOCK_LRU_TTL", default_value = "30m", value_parser = parse_duration)]
+    pub cache_lock_lru_ttl: Duration,
+
+    /// Accept uploads: `PUT /upload/<hash>.narinfo` and `PUT /upload/nar/...`
+    /// (`nix copy --to http://<cache>/upload`).
+    #[arg(long, env = "CACHE_ALLOW_PUT_VERB", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_allow_put_verb: bool,
+
+    /// Accept `DELETE /<hash>.narinfo` and `DELETE /nar/...`.
+    #[arg(long, env = "CACHE_ALLOW_DELETE_VERB", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_allow_delete_verb: bool,
+
+    /// A token every read needs (`Authorization: Bearer <token>`, or basic
+    /// auth with the token as password, as Nix sends from a netrc file).
+    /// `/healthz`, `/readyz` and `/metrics` stay open. Empty: reads are open.
+    #[arg(long, env = "CACHE_GET_TOKEN", hide_env_values = true)]
+    pub cache_get_token: Option<Secret>,
+
+    /// A token uploads, deletes and pins need (an ncps-rs addition); without
+    /// it they need `--cache-get-token` when that is set, else nothing.
+    #[arg(long, env = "CACHE_PUT_TOKEN", hide_env_values = true)]
+    pub cache_put_token: Option<Secret>,
+
+    /// Refuse (403) uploaded narinfos without a signature by a
+    /// `--cache-trusted-upload-key`.
+    #[arg(long, env = "CACHE_REQUIRE_TRUSTED_SIGNATURE", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cache_require_trusted_signature: bool,
+
+    /// A public key `name:base64` whose signatures make uploads trusted (repeatable).
+    #[arg(
+        long = "cache-trusted-upload-key",
+        env = "CACHE_TRUSTED_UPLOAD_KEYS",
+        value_delimiter = ','
+    )]
+    pub cache_trusted_upload_keys: Vec<String>,
 
     /// How long a narinfo that no upstream has is answered 404 without asking
     /// the upstreams again; 0 turns this off.
@@ -242,6 +343,11 @@ pub struct ServeOptions {
     /// downloading streams it from here instead of waiting for the download.
     #[arg(long, env = "CACHE_ADVERTISE_URL")]
     pub cache_advertise_url: Option<String>,
+
+    /// Serve Prometheus metrics on `/metrics` (off: `/metrics` answers 404).
+    #[arg(long, env = "PROMETHEUS_ENABLED", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub prometheus_enabled: bool,
 }
 
 /// `--cache-lock-backend`: where download locks live.

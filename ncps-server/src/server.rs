@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 use hyper::body::Incoming;
 use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::service::{AppState, handle};
+use crate::limits::{self, Activity, Limits, Watched};
+use crate::request_log::handle;
+use crate::service::AppState;
 
 /// Parses `--server-addr`; `:PORT` means every interface, as in ncps.
 pub fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
@@ -63,7 +65,8 @@ pub fn drain_timeout() -> Duration {
 /// listener closes (new connections are refused, so a load balancer moves on
 /// to another instance), idle keep-alive connections close at once, and
 /// requests in flight finish, for at most [`drain_timeout`]. A second SIGINT
-/// or SIGTERM during the drain cuts it short.
+/// or SIGTERM during the drain cuts it short. Clients are held to
+/// [`Limits::from_env`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -76,6 +79,7 @@ pub async fn serve(
         shutdown,
         drain_timeout(),
         shutdown_signal(),
+        Limits::from_env(),
     )
     .await;
 }
@@ -101,6 +105,7 @@ async fn run<S, B>(
     shutdown: impl std::future::Future<Output = ()>,
     deadline: Duration,
     force: impl std::future::Future<Output = ()>,
+    limits: Limits,
 ) -> Drain
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -111,7 +116,17 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_header_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let mut last_refusal_logged: Option<Instant> = None;
     // Owns every connection, so the ones a deadline cuts are closed before
     // this returns rather than whenever the runtime goes away.
     let mut connections = JoinSet::new();
@@ -134,23 +149,60 @@ where
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
+                        // Out of descriptors (EMFILE) and the like: pause
+                        // rather than spin on the error.
                         tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
+                while connections.try_join_next().is_some() {}
+                if connections.len() >= limits.max_connections {
+                    if last_refusal_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(
+                            max = limits.max_connections,
+                            "too many connections open; answering new ones 503 (SERVER_MAX_CONNECTIONS)"
+                        );
+                        last_refusal_logged = Some(Instant::now());
+                    }
+                    limits::refuse(stream);
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+                let activity = Activity::new();
+                // Counts this connection's requests for its watchdog.
+                let service = {
+                    let service = service.clone();
+                    let in_flight = activity.in_flight.clone();
+                    service_fn(move |request| {
+                        let guard = InFlight::new(&in_flight);
+                        let call = service.call(request);
+                        async move {
+                            let response = call.await?;
+                            Ok::<_, S::Error>(response.map(|body| CountedBody {
+                                body,
+                                _guard: guard,
+                            }))
+                        }
+                    })
+                };
+                let io = TokioIo::new(Watched::new(stream, activity.clone()));
+                let connection = builder.serve_connection_with_upgrades(io, service);
                 let connection = graceful.watch(connection.into_owned());
+                let (idle, stall) = (limits.idle_timeout, limits.stall_timeout);
                 connections.spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    tokio::select! {
+                        ended = connection => if let Err(e) = ended {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        },
+                        why = limits::watchdog(&activity, idle, stall) => {
+                            tracing::debug!(%peer, "closing a connection {why} too long");
+                        }
                     }
                 });
-                while connections.try_join_next().is_some() {}
             }
             () = &mut shutdown => break,
         }
@@ -321,6 +373,7 @@ mod tests {
             async {
                 let _ = force_rx.await;
             },
+            Limits::default(),
         ));
         Harness {
             addr,

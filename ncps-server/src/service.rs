@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -18,7 +19,9 @@ use ncps_core::nar_file::NarFile;
 use ncps_core::{Cache, Error, NixHash, StorePathHash};
 
 use crate::encoding;
+use crate::metrics::ServerMetrics;
 use crate::range::{self, ByteRange};
+use crate::routing::{self, Route};
 
 /// The body of every response.
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -30,6 +33,19 @@ pub struct AppState {
     pub cache: Cache,
     /// The cache's hostname, shown on `/`.
     pub hostname: String,
+    /// What `/metrics` serves; `None` with `--prometheus-enabled=false`.
+    pub metrics: Option<Arc<ServerMetrics>>,
+    /// The tokens reads and writes need.
+    pub tokens: Arc<crate::auth::Tokens>,
+    /// What uploads, deletes and pins may do.
+    pub writes: Arc<crate::writes::WriteOptions>,
+}
+
+/// Whether `path` is served without any client authentication: probes and
+/// the metrics scrape, which a load balancer or Prometheus reaches without
+/// the cache's token.
+pub fn is_open_route(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -63,6 +79,7 @@ fn error_response(e: &Error, head: bool) -> Response<Body> {
         Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
         Error::Integrity(_) | Error::Upstream(_) => StatusCode::BAD_GATEWAY,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status.is_server_error() {
@@ -72,7 +89,22 @@ fn error_response(e: &Error, head: bool) -> Response<Body> {
 }
 
 /// Answers one request.
-pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<Body>, Infallible> {
+pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<Body>, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = request.uri().path();
+    if !is_open_route(path) {
+        let access = crate::writes::access_needed(request.method(), path);
+        if let Err(response) = state.tokens.check(access, request.headers()) {
+            return Ok(*response);
+        }
+    }
+    let request = match crate::writes::route(&state, request).await {
+        crate::writes::Routed::Answered(response) => return Ok(response),
+        crate::writes::Routed::NotMine(request) => request,
+    };
     let head = request.method() == Method::HEAD;
     if request.method() != Method::GET && !head {
         let mut response = plain(
@@ -96,6 +128,7 @@ pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<
         }
         "/healthz" => plain(StatusCode::OK, "ok", head),
         "/readyz" => readiness(&state, head).await,
+        "/metrics" => metrics(&state, head),
         "/nix-cache-info" => text(
             StatusCode::OK,
             "text/x-nix-cache-info",
@@ -103,24 +136,40 @@ pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<
             head,
         ),
         "/pubkey" => plain(StatusCode::OK, state.cache.public_key().to_string(), head),
-        _ => {
-            if let Some(hash) = path
-                .strip_prefix('/')
-                .and_then(|p| p.strip_suffix(".narinfo"))
-            {
-                narinfo(&state, request.headers(), hash, head).await
-            } else if let Some(file) = path.strip_prefix("/nar/") {
-                nar(&state, request.headers(), file, head).await
-            } else {
-                plain(
-                    StatusCode::NOT_FOUND,
-                    format!("{path} is not a route of this cache"),
-                    head,
-                )
-            }
-        }
+        // Narinfo and NAR paths are parsed by `routing::route`, a pure function.
+        _ => match routing::route(path) {
+            Route::Narinfo(hash) => narinfo(&state, request.headers(), hash, head).await,
+            Route::Nar(file) => nar(&state, request.headers(), file, head).await,
+            Route::Invalid(e) => with_cache_headers(error_response(&e, head), None),
+            _ => plain(
+                StatusCode::NOT_FOUND,
+                format!("{path} is not a route of this cache"),
+                head,
+            ),
+        },
     };
     Ok(response)
+}
+
+/// `/metrics`: Prometheus metrics in OpenMetrics text; 404 when turned off.
+fn metrics(state: &AppState, head: bool) -> Response<Body> {
+    let mut response = match &state.metrics {
+        Some(metrics) => text(
+            StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            metrics.render(),
+            head,
+        ),
+        None => plain(
+            StatusCode::NOT_FOUND,
+            "metrics are turned off (--prometheus-enabled=false)",
+            head,
+        ),
+    };
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+    response
 }
 
 /// `/readyz`: 200 when the database, storage and lock backend all work,
@@ -193,13 +242,9 @@ fn not_modified_response(etag: &str) -> Response<Body> {
 async fn narinfo(
     state: &AppState,
     request: &RequestHeaders,
-    hash: &str,
+    hash: StorePathHash,
     head: bool,
 ) -> Response<Body> {
-    let hash: StorePathHash = match hash.parse() {
-        Ok(hash) => hash,
-        Err(e) => return with_cache_headers(error_response(&e, head), None),
-    };
     match state.cache.narinfo(&hash).await {
         Ok(Some(text)) => {
             let etag = format!("\"{}\"", &NixHash::digest(text.as_bytes()).to_nix32()[..32]);
@@ -221,11 +266,12 @@ async fn narinfo(
     }
 }
 
-async fn nar(state: &AppState, request: &RequestHeaders, file: &str, head: bool) -> Response<Body> {
-    let file: NarFile = match file.parse() {
-        Ok(file) => file,
-        Err(e) => return with_cache_headers(error_response(&e, head), None),
-    };
+async fn nar(
+    state: &AppState,
+    request: &RequestHeaders,
+    file: NarFile,
+    head: bool,
+) -> Response<Body> {
     let response = match nar_response(state, request, &file, head).await {
         Ok(Some(response)) => response,
         Ok(None) => plain(

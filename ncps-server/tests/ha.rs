@@ -262,7 +262,24 @@ async fn one_download_cluster_wide_on_mariadb() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_streams_a_download_in_progress_from_its_peer() {
-    let test = "a_replica_streams_a_download_in_progress_from_its_peer";
+    streams_from_peer(
+        "a_replica_streams_a_download_in_progress_from_its_peer",
+        None,
+    )
+    .await;
+}
+
+/// With `--cache-get-token`, the replica shows the token to its peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_streams_from_its_peer_when_reads_need_a_token() {
+    streams_from_peer(
+        "a_replica_streams_from_its_peer_when_reads_need_a_token",
+        Some("ha-read-token"),
+    )
+    .await;
+}
+
+async fn streams_from_peer(test: &str, token: Option<&str>) {
     let Some(services) = services(test, "NCPS_TEST_POSTGRES_URL") else {
         return;
     };
@@ -273,9 +290,27 @@ async fn a_replica_streams_a_download_in_progress_from_its_peer() {
     // The upstream sends half, then waits for the test.
     let gate = Gate::new(2_000_000);
     upstream.put_gated(&f.nar_path(), f.nar.clone(), &gate);
-    let cluster = Cluster::start(&services, &upstream, &key, 2, &[]).await;
+    let extra: Vec<&str> = match token {
+        Some(token) => vec!["--cache-get-token", token],
+        None => Vec::new(),
+    };
+    let cluster = Cluster::start(&services, &upstream, &key, 2, &extra).await;
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
-    let client = http_client();
+    let client = match token {
+        Some(token) => {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+            reqwest::Client::builder()
+                .default_headers(headers)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap()
+        }
+        None => http_client(),
+    };
 
     let url_a = nar_url(&client, a, &f).await;
     let mut downloader = client.get(&url_a).send().await.unwrap().bytes_stream();

@@ -15,8 +15,10 @@ use crate::ObjectInfo;
 /// Name of the directory under the root where `put` writes before renaming.
 const TMP_DIR: &str = ".tmp";
 
-/// Buffer size of the streams `get` returns.
-const READ_BUFFER: usize = 64 * 1024;
+/// Buffer size of the streams `get` returns: large enough that a fast
+/// client costs few reads (each is a hop to tokio's blocking pool), small
+/// enough that hundreds of concurrent downloads stay within the memory budget.
+const READ_BUFFER: usize = 256 * 1024;
 
 /// Distinguishes temporary files written by one process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -182,6 +184,11 @@ impl Drop for TempFile {
 
 #[async_trait]
 impl Storage for LocalStorage {
+    async fn list_objects(&self, prefix: &str) -> Result<Option<Vec<(String, u64)>>> {
+        let objects = self.list(prefix).await?;
+        Ok(Some(objects.into_iter().map(|o| (o.key, o.size)).collect()))
+    }
+
     async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64> {
         let path = self.path_for(key)?;
         let mut tmp = TempFile {
@@ -193,30 +200,28 @@ impl Storage for LocalStorage {
             .create_new(true)
             .open(&tmp.path)
             .await
-            .map_err(|e| {
-                Error::backend(format!("creating temporary file {}", tmp.path.display()), e)
-            })?;
+            .map_err(|e| Error::io(format!("creating temporary file {}", tmp.path.display()), e))?;
 
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Error::backend(format!("reading body of {key}"), e))?;
             file.write_all(&chunk)
                 .await
-                .map_err(|e| Error::backend(format!("writing {key}"), e))?;
+                .map_err(|e| Error::io(format!("writing {key}"), e))?;
             written += chunk.len() as u64;
         }
         file.flush()
             .await
-            .map_err(|e| Error::backend(format!("writing {key}"), e))?;
+            .map_err(|e| Error::io(format!("writing {key}"), e))?;
         file.sync_all()
             .await
-            .map_err(|e| Error::backend(format!("syncing {key}"), e))?;
+            .map_err(|e| Error::io(format!("syncing {key}"), e))?;
         drop(file);
 
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
-                .map_err(|e| Error::backend(format!("creating directory for {key}"), e))?;
+                .map_err(|e| Error::io(format!("creating directory for {key}"), e))?;
         }
         tokio::fs::rename(&tmp.path, &path)
             .await
@@ -309,6 +314,15 @@ impl Storage for LocalStorage {
             });
         }
         Ok(found)
+    }
+
+    async fn available_space(&self) -> Result<Option<u64>> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || ncps_core::disk_space::available(&root))
+            .await
+            .map_err(|e| Error::backend("measuring free space", e))?
+            .map(Some)
+            .map_err(|e| Error::backend(format!("free space of {}", self.root.display()), e))
     }
 
     async fn discard(&self, incomplete: &Incomplete) -> Result<()> {

@@ -1076,6 +1076,8 @@ pub struct ProxyConfig {
     pub response_header_timeout: String,
     /// Any further arguments.
     pub extra_args: Vec<String>,
+    /// Environment variables set for the server (such as `SERVER_*` limits).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProxyConfig {
@@ -1088,6 +1090,7 @@ impl ProxyConfig {
             dialer_timeout: "3s".into(),
             response_header_timeout: "3s".into(),
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -1173,6 +1176,7 @@ impl Proxy {
             cmd.args(["--cache-upstream-public-key", k]);
         }
         cmd.args(&cfg.extra_args);
+        cmd.envs(cfg.env.iter().map(|(k, v)| (k, v)));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -1235,6 +1239,7 @@ impl Proxy {
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ncps-server"));
         cmd.args(&self.args);
+        cmd.envs(self.cfg.env.iter().map(|(k, v)| (k, v)));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -1281,6 +1286,18 @@ impl Proxy {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's process id (for `/proc/<pid>/fd` checks and `kill -9`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9` the server, as a crash would, and reap it; [`Proxy::restart`]
+    /// starts it again.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -184,6 +184,11 @@ fn empty_object(size: u64) -> StoredObject {
 
 #[async_trait]
 impl Storage for S3Storage {
+    async fn list_objects(&self, prefix: &str) -> Result<Option<Vec<(String, u64)>>> {
+        let objects = self.list(prefix).await?;
+        Ok(Some(objects.into_iter().map(|o| (o.key, o.size)).collect()))
+    }
+
     async fn put(&self, key: &str, body: ByteStream) -> Result<u64> {
         let object_key = self.object_key(key)?;
         let target = upload::Target {
