@@ -76,7 +76,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let listener = match server::listen(addr) {
             Ok(listener) => listener,
             Err(e) => {
                 eprintln!("ncps-server: --server-addr {addr}: {e}");

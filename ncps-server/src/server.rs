@@ -61,6 +61,27 @@ pub fn drain_timeout() -> Duration {
     }
 }
 
+/// How many connections may wait in the kernel to be accepted. The kernel
+/// caps it at `net.core.somaxconn` (4096 on current Linux). tokio's default,
+/// 1024, is too shallow for a burst of clients: past it the kernel drops the
+/// client's final handshake ACK, the client believes it is connected, and the
+/// server only learns of the connection when a SYN-ACK retry gets through,
+/// up to a minute later or never.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` for [`serve`], with a deep accept queue ([`LISTEN_BACKLOG`]).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's bind does: a restarted server can take the port over at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `state` on `listener` until `shutdown` completes, then drains: the
 /// listener closes (new connections are refused, so a load balancer moves on
 /// to another instance), idle keep-alive connections close at once, and
@@ -324,6 +345,41 @@ mod tests {
             "127.0.0.1:9".parse().unwrap()
         );
         assert!(parse_addr("localhost").is_err());
+    }
+
+    /// A burst of connections deeper than tokio's default backlog (1024)
+    /// all reach `accept`, none of them left half-open in the kernel.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_a_deep_accept_queue() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        let burst = somaxconn.saturating_sub(64).min(1500);
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nothing accepts while the clients connect.
+        let mut clients = Vec::new();
+        for _ in 0..burst.div_ceil(250) {
+            let batch = (0..250.min(burst - clients.len())).map(|_| async {
+                tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+                    .await
+                    .expect("connect timed out: the accept queue overflowed")
+                    .unwrap()
+            });
+            clients.extend(futures::future::join_all(batch).await);
+        }
+        let mut accepted = 0;
+        while accepted < burst {
+            tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("only {accepted} of {burst} connections reached accept")
+                })
+                .unwrap();
+            accepted += 1;
+        }
+        assert_eq!(clients.len(), burst);
     }
 
     use std::convert::Infallible;
