@@ -1,7 +1,10 @@
 # Starts a throwaway Redis on loopback for the Redis lock tests and exports
 # NCPS_TEST_REDIS_URL; also a three-node Redis Cluster on the next three
 # ports, exporting NCPS_TEST_REDIS_CLUSTER_ADDRS (comma-separated host:port,
-# as --cache-redis-addrs takes them). Source it (`source .ci/redis.sh`) so the
+# as --cache-redis-addrs takes them); and a Redis that speaks only TLS on the
+# port after those, with a certificate for 127.0.0.1 and localhost signed by a
+# throwaway CA, exporting NCPS_TEST_REDIS_TLS_ADDR (host:port) and
+# NCPS_TEST_REDIS_TLS_CA (the CA's PEM file, for SSL_CERT_FILE). Source it (`source .ci/redis.sh`) so the
 # exports reach the caller; running it as a script only checks that they start.
 #
 # Every run starts empty: servers an earlier run left (found by their pid
@@ -11,16 +14,16 @@
 # `ncps_redis_stop` stops them (for an EXIT trap).
 #
 # Knobs: NCPS_CI_SERVICES_DIR (default /tmp/ncps-ci-services), NCPS_TEST_REDIS_PORT
-# (default 16379; the cluster takes the three ports after it).
+# (default 16379; the cluster takes the three ports after it, TLS the fifth).
 
 ncps_redis_dir() {
     echo "${NCPS_CI_SERVICES_DIR:-/tmp/ncps-ci-services}/redis"
 }
 
-# The single server's port, then the cluster's three.
+# The single server's port, then the cluster's three, then the TLS one's.
 ncps_redis_ports() {
     local port="${NCPS_TEST_REDIS_PORT:-16379}"
-    echo "$port $((port + 1)) $((port + 2)) $((port + 3))"
+    echo "$port $((port + 1)) $((port + 2)) $((port + 3)) $((port + 4))"
 }
 
 # Whether something accepts TCP connections on 127.0.0.1:port.
@@ -52,12 +55,12 @@ ncps_redis_start_one() {
     local dir="$1" port="$2"
     shift 2
     mkdir -p "$dir/$port"
-    redis-server --port "$port" --bind 127.0.0.1 --daemonize yes \
+    redis-server --bind 127.0.0.1 --daemonize yes \
         --pidfile "$dir/$port.pid" --logfile "$dir/$port.log" --dir "$dir/$port" \
         --save '' --appendonly no "$@" ||
         { cat "$dir/$port.log" >&2; return 1; }
     for _ in $(seq 1 100); do
-        if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; then
+        if [ "$(redis-cli "${NCPS_REDIS_CLI_ARGS[@]}" -p "$port" ping 2>/dev/null)" = PONG ]; then
             return 0
         fi
         sleep 0.1
@@ -67,8 +70,25 @@ ncps_redis_start_one() {
     return 1
 }
 
+# A throwaway CA in `dir`/tls and a server certificate it signs for
+# 127.0.0.1 and localhost.
+ncps_redis_tls_files() {
+    local tls="$1/tls"
+    rm -rf "$tls"
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ncps test CA" \
+        -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null &&
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+            -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null &&
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' \
+            >"$tls/ext.cnf" &&
+        openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+            -CAcreateserial -days 2 -extfile "$tls/ext.cnf" -out "$tls/server.crt" 2>/dev/null ||
+        { echo "redis.sh: openssl could not make the test certificates" >&2; return 1; }
+}
+
 ncps_redis_start() {
-    local dir sudo="" port single cluster_ports=() addrs=()
+    local dir sudo="" port single tls_port cluster_ports=() addrs=()
     dir="$(ncps_redis_dir)"
     if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
 
@@ -93,10 +113,11 @@ ncps_redis_start() {
         rm -rf "${dir:?}/$port" "$dir/$port.log"
     done
 
-    read -r single cluster_ports[0] cluster_ports[1] cluster_ports[2] <<<"$(ncps_redis_ports)"
-    ncps_redis_start_one "$dir" "$single" || return 1
+    read -r single cluster_ports[0] cluster_ports[1] cluster_ports[2] tls_port <<<"$(ncps_redis_ports)"
+    NCPS_REDIS_CLI_ARGS=()
+    ncps_redis_start_one "$dir" "$single" --port "$single" || return 1
     for port in "${cluster_ports[@]}"; do
-        ncps_redis_start_one "$dir" "$port" --cluster-enabled yes \
+        ncps_redis_start_one "$dir" "$port" --port "$port" --cluster-enabled yes \
             --cluster-config-file "$dir/$port/nodes.conf" || return 1
         addrs+=("127.0.0.1:$port")
     done
@@ -117,10 +138,20 @@ ncps_redis_start() {
         return 1
     fi
 
+    ncps_redis_tls_files "$dir" || return 1
+    NCPS_REDIS_CLI_ARGS=(--tls --cacert "$dir/tls/ca.crt")
+    ncps_redis_start_one "$dir" "$tls_port" --port 0 --tls-port "$tls_port" \
+        --tls-cert-file "$dir/tls/server.crt" --tls-key-file "$dir/tls/server.key" \
+        --tls-ca-cert-file "$dir/tls/ca.crt" --tls-auth-clients no || return 1
+    NCPS_REDIS_CLI_ARGS=()
+
     export NCPS_TEST_REDIS_URL="redis://127.0.0.1:$single"
+    export NCPS_TEST_REDIS_TLS_ADDR="127.0.0.1:$tls_port"
+    export NCPS_TEST_REDIS_TLS_CA="$dir/tls/ca.crt"
     export NCPS_TEST_REDIS_CLUSTER_ADDRS
     NCPS_TEST_REDIS_CLUSTER_ADDRS="$(IFS=,; echo "${addrs[*]}")"
-    echo "redis.sh: Redis on $NCPS_TEST_REDIS_URL, Redis Cluster on $NCPS_TEST_REDIS_CLUSTER_ADDRS"
+    echo "redis.sh: Redis on $NCPS_TEST_REDIS_URL, Redis Cluster on $NCPS_TEST_REDIS_CLUSTER_ADDRS," \
+        "TLS Redis on $NCPS_TEST_REDIS_TLS_ADDR (CA $NCPS_TEST_REDIS_TLS_CA)"
 }
 
 ncps_redis_start

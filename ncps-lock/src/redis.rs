@@ -168,6 +168,34 @@ enum Failure {
     Temporary(String),
     /// Redis answered with an error retrying will not fix.
     Permanent(RedisError),
+    /// TLS cannot work as configured (the server's certificate is not
+    /// trusted, or the trusted roots cannot be read): retrying will not fix it.
+    Tls(String),
+}
+
+/// The TLS problem behind `e`, if that is what it is: rustls refusing the
+/// server's certificate, or the system's roots (or `SSL_CERT_FILE`) unreadable.
+fn tls_problem(e: &RedisError) -> Option<String> {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(mut err) = cause {
+        // redis-rs keeps its cause behind an Arc.
+        if let Some(shared) = err.downcast_ref::<Shared>() {
+            err = &**shared;
+        }
+        // tokio-rustls hands rustls' error back inside an io::Error.
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if candidate.is::<rustls::Error>() || candidate.is::<rustls_native_certs::Error>() {
+                return Some(candidate.to_string());
+            }
+        }
+        cause = err.source();
+    }
+    None
 }
 
 /// Whether retrying later may get past `e`.
@@ -188,7 +216,9 @@ fn is_temporary(e: &RedisError) -> bool {
 
 impl From<RedisError> for Failure {
     fn from(e: RedisError) -> Self {
-        if is_temporary(&e) {
+        if let Some(why) = tls_problem(&e) {
+            Failure::Tls(why)
+        } else if is_temporary(&e) {
             Failure::Temporary(e.to_string())
         } else {
             Failure::Permanent(e)
@@ -434,6 +464,15 @@ impl Inner {
                     Some(Ok(value)) => return Ok(value),
                     Some(Err(Failure::Permanent(e))) => {
                         return Err(Error::backend(format!("redis {}", self.shown), e));
+                    }
+                    Some(Err(Failure::Tls(why))) => {
+                        return Err(Error::backend(
+                            format!("redis {}: TLS", self.shown),
+                            format!(
+                                "{why} (the server's certificate must be signed by a CA among \
+                                 the system's roots, or in the PEM file SSL_CERT_FILE names)"
+                            ),
+                        ));
                     }
                     Some(Err(Failure::Temporary(why))) => last = why,
                     None => last = format!("no answer within {ATTEMPT_TIMEOUT:?}"),

@@ -324,7 +324,7 @@ pub struct ServeOptions {
     #[arg(long, env = "CACHE_REDIS_DB", default_value_t = 0)]
     pub cache_redis_db: i64,
 
-    /// Talk TLS to Redis, checking its certificate against the system's root certificates.
+    /// Talk TLS to Redis, checking its certificate against the system's root certificates (or the PEM file SSL_CERT_FILE names).
     #[arg(long, env = "CACHE_REDIS_USE_TLS", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub cache_redis_use_tls: bool,

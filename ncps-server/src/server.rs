@@ -373,9 +373,7 @@ mod tests {
         while accepted < burst {
             tokio::time::timeout(Duration::from_secs(5), listener.accept())
                 .await
-                .unwrap_or_else(|_| {
-                    panic!("only {accepted} of {burst} connections reached accept")
-                })
+                .unwrap_or_else(|_| panic!("only {accepted} of {burst} connections reached accept"))
                 .unwrap();
             accepted += 1;
         }

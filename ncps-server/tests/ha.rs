@@ -35,6 +35,9 @@ const STEP: Duration = Duration::from_secs(30);
 /// What one test needs from outside.
 struct Services {
     redis: String,
+    /// The CA of a Redis that speaks only TLS (`--cache-redis-use-tls`),
+    /// handed to the instances in `SSL_CERT_FILE`.
+    redis_ca: Option<String>,
     s3: String,
     db: String,
 }
@@ -43,8 +46,18 @@ struct Services {
 fn services(test: &str, db_var: &str) -> Option<Services> {
     Some(Services {
         redis: service(test, "NCPS_TEST_REDIS_URL", ".ci/redis.sh")?,
+        redis_ca: None,
         s3: service(test, "NCPS_TEST_S3_ENDPOINT", ".ci/s3.sh")?,
         db: service(test, db_var, ".ci/services.sh")?,
+    })
+}
+
+/// As [`services`], with the TLS-only Redis of `.ci/redis.sh`.
+fn services_with_tls_redis(test: &str, db_var: &str) -> Option<Services> {
+    Some(Services {
+        redis: service(test, "NCPS_TEST_REDIS_TLS_ADDR", ".ci/redis.sh")?,
+        redis_ca: Some(service(test, "NCPS_TEST_REDIS_TLS_CA", ".ci/redis.sh")?),
+        ..services(test, db_var)?
     })
 }
 
@@ -128,6 +141,10 @@ impl Cluster {
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
+        if let Some(ca) = &services.redis_ca {
+            shared.extra_args.push("--cache-redis-use-tls".into());
+            shared.env.push(("SSL_CERT_FILE".into(), ca.clone()));
+        }
         let mut cluster = Cluster {
             instances: Vec::new(),
             s3,
@@ -194,8 +211,8 @@ async fn body(response: reqwest::Response) -> Result<Vec<u8>, String> {
     Ok(all)
 }
 
-async fn one_download_cluster_wide(test: &str, db_var: &str) {
-    let Some(services) = services(test, db_var) else {
+async fn one_download_cluster_wide(test: &str, services: Option<Services>) {
+    let Some(services) = services else {
         return;
     };
     let upstream = TestUpstream::start().await;
@@ -244,20 +261,23 @@ async fn one_download_cluster_wide(test: &str, db_var: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_download_cluster_wide_on_postgres() {
-    one_download_cluster_wide(
-        "one_download_cluster_wide_on_postgres",
-        "NCPS_TEST_POSTGRES_URL",
-    )
-    .await;
+    let test = "one_download_cluster_wide_on_postgres";
+    one_download_cluster_wide(test, services(test, "NCPS_TEST_POSTGRES_URL")).await;
+}
+
+/// The same over a Redis that speaks only TLS, its certificate signed by a
+/// CA the instances trust through `SSL_CERT_FILE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_download_cluster_wide_with_redis_over_tls() {
+    let test = "one_download_cluster_wide_with_redis_over_tls";
+    let services = services_with_tls_redis(test, "NCPS_TEST_POSTGRES_URL");
+    one_download_cluster_wide(test, services).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_download_cluster_wide_on_mariadb() {
-    one_download_cluster_wide(
-        "one_download_cluster_wide_on_mariadb",
-        "NCPS_TEST_MYSQL_URL",
-    )
-    .await;
+    let test = "one_download_cluster_wide_on_mariadb";
+    one_download_cluster_wide(test, services(test, "NCPS_TEST_MYSQL_URL")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,8 +1,10 @@
 //! The lock options (`--cache-lock-*`, `--cache-redis-*`): options that
 //! cannot work exit naming themselves, a Redis that is down at start does not
-//! stop the server, and the config file keys reach the server. Only the
-//! refused-login test needs a Redis (`NCPS_TEST_REDIS_URL`, see
-//! `.ci/redis.sh`); the HA tests cover locking through Redis end to end.
+//! stop the server, a TLS Redis needs a trusted certificate, and the config
+//! file keys reach the server. The refused-login test needs a Redis
+//! (`NCPS_TEST_REDIS_URL`) and the TLS test the TLS-only one
+//! (`NCPS_TEST_REDIS_TLS_ADDR`, `NCPS_TEST_REDIS_TLS_CA`), see `.ci/redis.sh`;
+//! the HA tests cover locking through Redis end to end.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -274,4 +276,59 @@ fn a_refused_redis_login_exits_without_showing_the_password() {
     assert!(!out.status.success(), "a refused login was accepted");
     assert!(stderr.contains("--cache-redis-addrs"), "{stderr}");
     assert!(!stderr.contains(secret), "the password shows: {stderr}");
+}
+
+/// A Redis that speaks only TLS: with `--cache-redis-use-tls` and its CA in
+/// `SSL_CERT_FILE` the locks are ready; without the CA the server exits at
+/// once naming the certificate problem, instead of answering 503 for ever.
+#[test]
+fn redis_over_tls_needs_a_trusted_certificate() {
+    let test = "redis_over_tls_needs_a_trusted_certificate";
+    let Some(addr) = ncps_core::testkit::service(test, "NCPS_TEST_REDIS_TLS_ADDR", ".ci/redis.sh")
+    else {
+        return;
+    };
+    let Some(ca) = ncps_core::testkit::service(test, "NCPS_TEST_REDIS_TLS_CA", ".ci/redis.sh")
+    else {
+        return;
+    };
+    let tls = [
+        "--cache-redis-addrs",
+        addr.as_str(),
+        "--cache-redis-use-tls",
+    ];
+
+    let home = tempfile::tempdir().unwrap();
+    let out = run_expecting_exit(home.path(), &tls);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--cache-redis-addrs")
+            && stderr.contains("UnknownIssuer")
+            && stderr.contains("SSL_CERT_FILE"),
+        "the untrusted certificate is not named: {stderr}"
+    );
+
+    let home = tempfile::tempdir().unwrap();
+    let server = start(home.path(), free_port(), &tls, &[("SSL_CERT_FILE", &ca)]);
+    let log = server.log();
+    assert!(
+        log.contains("Redis locks ready") && log.contains(&addr),
+        "the locks are not ready over TLS:\n{log}"
+    );
+
+    // Plain Redis commands to a TLS-only port are refused, so the TLS
+    // handshake above is what made the locks ready.
+    let home = tempfile::tempdir().unwrap();
+    let plain = start(
+        home.path(),
+        free_port(),
+        &["--cache-redis-addrs", addr.as_str()],
+        &[],
+    );
+    assert!(
+        plain.log().contains("Redis is unavailable at start"),
+        "a plain connection to the TLS port worked:\n{}",
+        plain.log()
+    );
 }
