@@ -108,6 +108,8 @@ struct Inner {
     negative: NegativeCache,
     hot: HotNarinfos,
     inflight: InFlight,
+    /// The download tasks, which outlive the request that started them.
+    downloads: tokio_util::task::TaskTracker,
     peer_client: reqwest::Client,
     access: AccessLog,
     options: CacheOptions,
@@ -158,6 +160,7 @@ impl Cache {
                 negative: NegativeCache::new(options.negative_ttl),
                 hot: HotNarinfos::new(options.hot_narinfos),
                 inflight: InFlight::default(),
+                downloads: tokio_util::task::TaskTracker::new(),
                 peer_client: peer_client(),
                 access: AccessLog::default(),
                 options,
@@ -178,6 +181,22 @@ impl Cache {
     /// What was served since the last flush.
     pub(crate) fn access_log(&self) -> &AccessLog {
         &self.inner.access
+    }
+
+    /// The upstream a NAR URL belongs to, as counters and metrics name it:
+    /// the configured upstream whose URL it starts with, else its origin.
+    pub(crate) fn upstream_of(&self, nar_url: &str) -> String {
+        match self
+            .inner
+            .upstreams
+            .iter()
+            .find(|u| nar_url.starts_with(u.url().as_str()))
+        {
+            Some(upstream) => upstream_label(upstream.url()),
+            None => url::Url::parse(nar_url)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_else(|_| nar_url.to_owned()),
+        }
     }
 
     /// How the engine behaves.
@@ -432,7 +451,10 @@ impl Cache {
                 Ok(None) => continue,
                 Ok(Some(info)) => match self.keep_narinfo(upstream, info).await {
                     Ok(text) => {
-                        self.inner.access.count(counter::NARINFO_MISSES, 1);
+                        let access = &self.inner.access;
+                        access.count(counter::NARINFO_MISSES, 1);
+                        let label = upstream_label(upstream.url());
+                        access.count(&format!("{}{label}", counter::NARINFO_FETCHES_FROM), 1);
                         return Ok(Some(text));
                     }
                     Err(e) => failures.push(e),
@@ -536,10 +558,14 @@ impl Cache {
         let Some(record) = self.inner.db.get_nar(file.as_str()).await? else {
             return Ok(None);
         };
-        if record.upstream_url.is_none() {
+        let Some(upstream_url) = &record.upstream_url else {
             return Ok(None);
-        }
+        };
         self.inner.access.count(counter::NAR_MISSES, 1);
+        let upstream = self.upstream_of(upstream_url);
+        self.inner
+            .access
+            .count(&format!("{}{upstream}", counter::NAR_MISSES_FROM), 1);
         if let Some(download) = self.inner.inflight.get(&key) {
             return Ok(Some(reading(&record, &download)));
         }
@@ -713,6 +739,7 @@ impl Cache {
         self.inner
             .access
             .count(&format!("{}{upstream_url}", counter::NAR_FETCHES_FROM), 1);
+        let fetched_bytes = format!("{}{upstream_url}", counter::NAR_FETCHED_BYTES_FROM);
         let verified = counted(verified, metrics, upstream_url);
         let (writer, spooled) = inflight::spool(&self.inner.options.temp_dir).map_err(|e| {
             Error::backend(
@@ -723,12 +750,14 @@ impl Cache {
         self.inner.inflight.insert(&key, Arc::clone(&spooled));
         let cache = self.clone();
         let record = record.clone();
-        tokio::spawn(async move {
+        self.inner.downloads.spawn(async move {
             let ttl = cache.inner.options.download_lock_ttl;
             let work = spool_and_store(verified, writer, cache.inner.storage.clone(), &key);
             match hold_while(work, &guard, ttl).await {
                 Ok(size) => {
                     cache.inner.metrics.nar_stored(size);
+                    let bytes = i64::try_from(size).unwrap_or(i64::MAX);
+                    cache.inner.access.count(&fetched_bytes, bytes);
                     cache.record_stored(&record, size).await;
                     tracing::info!(%key, size, "NAR stored")
                 }
@@ -742,6 +771,20 @@ impl Cache {
             }
         });
         Ok(Some(spooled))
+    }
+
+    /// How many NAR downloads are running (a client may have gone; the
+    /// download goes on to storage).
+    pub fn downloads_in_flight(&self) -> usize {
+        self.inner.downloads.len()
+    }
+
+    /// Waits for the NAR downloads in flight to be stored (or to fail), for a
+    /// graceful shutdown. Downloads started meanwhile are waited for too.
+    pub async fn finish_downloads(&self) {
+        self.inner.downloads.close();
+        self.inner.downloads.wait().await;
+        self.inner.downloads.reopen();
     }
 
     /// The size of a NAR in storage, after any download of it in flight;
@@ -809,6 +852,7 @@ impl Cache {
         let access = &self.inner.access;
         access.nar(file.as_str(), now());
         access.count(counter::NAR_HITS, 1);
+        access.nar_hit(file.as_str());
         Ok(Some(NarBody {
             size: Some(object.size),
             body: access.reading(file.as_str(), object.body),

@@ -93,16 +93,49 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let cache = state.cache.clone();
     let service = service_fn(move |request| handle(state.clone(), request));
-    run(
+    let deadline = drain_timeout();
+    let drain = run(
         listener,
         service,
         shutdown,
-        drain_timeout(),
+        deadline,
         shutdown_signal(),
         Limits::from_env(),
     )
     .await;
+    finish_downloads(&cache, deadline.saturating_sub(drain.took)).await;
+}
+
+/// Lets the NAR downloads still running (their clients gone, or served from
+/// the spool) reach storage, for what is left of the drain deadline; a
+/// second SIGINT or SIGTERM cuts it short. A download cut off leaves only a
+/// partial file, removed at the next start.
+async fn finish_downloads(cache: &ncps_core::Cache, left: Duration) {
+    let running = cache.downloads_in_flight();
+    if running == 0 {
+        return;
+    }
+    tracing::info!(
+        "waiting up to {} for {running} downloads to be stored",
+        humantime::format_duration(Duration::from_secs(left.as_secs()))
+    );
+    let started = Instant::now();
+    tokio::select! {
+        () = cache.finish_downloads() => tracing::info!(
+            "{running} downloads stored or ended in {:.1?}",
+            started.elapsed()
+        ),
+        () = tokio::time::sleep(left) => tracing::warn!(
+            "the drain deadline passed; cutting {} downloads",
+            cache.downloads_in_flight()
+        ),
+        () = shutdown_signal() => tracing::warn!(
+            "a second shutdown signal came; cutting {} downloads",
+            cache.downloads_in_flight()
+        ),
+    }
 }
 
 /// How a drain ended.

@@ -15,7 +15,19 @@
 //! - [`Proxy`]: the `ncps-server` binary on a free loopback port; can be
 //!   stopped with SIGTERM and restarted on the same port.
 //! - [`nix_copy_from`]: `nix copy --from <proxy>` into a fresh chroot store.
+//! - [`unique`], [`fresh_database`], [`redis_addr`], and in [`s3`] the S3
+//!   client, fresh buckets and storage options: the shared services.
+//! - [`cli_binary`]: the `ncps-cli` binary, built if needed; in [`offline`]
+//!   the `ncps-server` binary run without internet until it exits.
 #![allow(dead_code)]
+
+mod offline;
+mod s3;
+// Each test file uses some of the helpers; the others are not unused.
+#[allow(unused_imports)]
+pub use offline::*;
+#[allow(unused_imports)]
+pub use s3::*;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -1026,6 +1038,25 @@ impl Drop for Relay {
     }
 }
 
+/// A name no other test or run uses: `ncps-{what}-{pid}-{nanos}-{count}`,
+/// fit for a bucket name or a Redis key prefix.
+pub fn unique(what: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("ncps-{what}-{}-{nanos}-{count}", std::process::id())
+}
+
+/// `host:port` of a `redis://host:port` URL such as `NCPS_TEST_REDIS_URL`,
+/// as `--cache-redis-addrs` takes it.
+pub fn redis_addr(url: &str) -> String {
+    url.trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
 /// A new, empty database on the PostgreSQL or MySQL server `server` (a
 /// `postgres://` or `mysql://` URL such as `NCPS_TEST_POSTGRES_URL`); its URL.
 pub async fn fresh_database(server: &str) -> String {
@@ -1055,6 +1086,52 @@ pub async fn fresh_database(server: &str) -> String {
     }
     url.set_path(&format!("/{name}"));
     url.to_string()
+}
+
+// ---------------------------------------------------------------------------
+// The ncps-cli binary
+// ---------------------------------------------------------------------------
+
+/// The `ncps-cli` binary of this build, built if needed: it is another
+/// package's binary, so cargo does not build it for these tests.
+pub fn cli_binary() -> &'static Path {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        let server = Path::new(env!("CARGO_BIN_EXE_ncps-server"));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "ncps-cli", "--manifest-path"])
+            .arg(&manifest)
+            .status()
+            .expect("running cargo build -p ncps-cli");
+        assert!(status.success(), "cargo build -p ncps-cli failed");
+        let cli = server.with_file_name("ncps-cli");
+        assert!(cli.is_file(), "{} is missing", cli.display());
+        cli
+    })
+}
+
+/// Runs `ncps-cli <args> <backend>` (`backend`: the database and storage
+/// options), without `CACHE_MAX_SIZE` from the environment, logging its
+/// output; (exit code, stdout).
+pub fn run_cli<S: AsRef<OsStr>>(
+    args: &[&str],
+    backend: impl IntoIterator<Item = S>,
+) -> (i32, String) {
+    let out = Command::new(cli_binary())
+        .args(args)
+        .args(backend)
+        .env_remove("CACHE_MAX_SIZE")
+        .output()
+        .expect("running ncps-cli");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "ncps-cli {args:?}: {:?}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), stdout)
 }
 
 // ---------------------------------------------------------------------------
@@ -1205,12 +1282,23 @@ impl Proxy {
     /// service manager stopping it would; its exit status and how long the
     /// exit took.
     pub async fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let started = std::time::Instant::now();
+        self.send_sigterm();
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM, without waiting.
+    pub fn send_sigterm(&self) {
         let kill = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("running kill");
         assert!(kill.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits (bounded by 60 s) for the server to exit; its exit status and
+    /// how long that took.
+    pub async fn wait_exit(&mut self) -> (ExitStatus, Duration) {
+        let started = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for ncps-server") {
                 return (status, started.elapsed());
