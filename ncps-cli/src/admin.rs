@@ -238,6 +238,45 @@ fn upstream_of(nar: &StoredNar, upstreams: &[String]) -> String {
     }
 }
 
+/// What `stats` says of one upstream.
+#[derive(Debug, Default)]
+struct UpstreamStats {
+    /// Its NARs in storage, and their bytes.
+    stored_nars: u64,
+    stored_bytes: u64,
+    /// Narinfos fetched from it.
+    narinfo_fetches: i64,
+    /// Its NARs served from storage, and asked for when not there.
+    nar_hits: i64,
+    nar_misses: i64,
+    /// NAR downloads started from it, and the bytes stored of them.
+    nar_fetches: i64,
+    fetched_bytes: i64,
+}
+
+impl UpstreamStats {
+    /// The counter of this upstream that `name` (`<prefix><url>`) adds to.
+    fn counter(&mut self, prefix: &str) -> Option<&mut i64> {
+        match prefix {
+            counter::NARINFO_FETCHES_FROM => Some(&mut self.narinfo_fetches),
+            counter::NAR_HITS_FROM => Some(&mut self.nar_hits),
+            counter::NAR_MISSES_FROM => Some(&mut self.nar_misses),
+            counter::NAR_FETCHES_FROM => Some(&mut self.nar_fetches),
+            counter::NAR_FETCHED_BYTES_FROM => Some(&mut self.fetched_bytes),
+            _ => None,
+        }
+    }
+}
+
+/// The per-upstream counter prefixes.
+const UPSTREAM_COUNTERS: [&str; 5] = [
+    counter::NARINFO_FETCHES_FROM,
+    counter::NAR_HITS_FROM,
+    counter::NAR_MISSES_FROM,
+    counter::NAR_FETCHES_FROM,
+    counter::NAR_FETCHED_BYTES_FROM,
+];
+
 async fn stats(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
     let backends = open(options).await?;
     let db = backends.db.as_ref();
@@ -258,8 +297,8 @@ async fn stats(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
         .map(|u| u.split('?').next().unwrap_or(u).to_owned())
         .collect();
 
-    // Per upstream: NARs and bytes in storage, and downloads started.
-    let mut per: BTreeMap<String, (u64, u64, i64)> = BTreeMap::new();
+    // Per upstream: NARs and bytes in storage, and its counters.
+    let mut per: BTreeMap<String, UpstreamStats> = BTreeMap::new();
     let mut after: Option<(i64, String)> = None;
     loop {
         let page = db
@@ -271,19 +310,25 @@ async fn stats(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
         after = Some((last.last_accessed_at, last.file.clone()));
         for nar in &page {
             let entry = per.entry(upstream_of(nar, &upstreams)).or_default();
-            entry.0 += 1;
-            entry.1 += nar.size;
+            entry.stored_nars += 1;
+            entry.stored_bytes += nar.size;
         }
     }
     for (name, value) in &counters {
-        if let Some(url) = name.strip_prefix(counter::NAR_FETCHES_FROM) {
+        for prefix in UPSTREAM_COUNTERS {
+            let Some(url) = name.strip_prefix(prefix) else {
+                continue;
+            };
             let fake = StoredNar {
                 file: String::new(),
                 size: 0,
                 last_accessed_at: 0,
                 upstream_url: Some(url.to_owned()),
             };
-            per.entry(upstream_of(&fake, &upstreams)).or_default().2 += value;
+            let entry = per.entry(upstream_of(&fake, &upstreams)).or_default();
+            if let Some(count) = entry.counter(prefix) {
+                *count += value;
+            }
         }
     }
 
@@ -292,8 +337,18 @@ async fn stats(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
     if json {
         let upstream_list: Vec<Value> = per
             .iter()
-            .map(|(name, (nars, bytes, fetches))| {
-                json!({"upstream": name, "storedNars": nars, "storedBytes": bytes, "narFetches": fetches})
+            .map(|(name, u)| {
+                json!({
+                    "upstream": name,
+                    "storedNars": u.stored_nars,
+                    "storedBytes": u.stored_bytes,
+                    "narinfoFetches": u.narinfo_fetches,
+                    "narHits": u.nar_hits,
+                    "narMisses": u.nar_misses,
+                    "narHitRatio": ratio(u.nar_hits, u.nar_misses),
+                    "narFetches": u.nar_fetches,
+                    "fetchedBytes": u.fetched_bytes,
+                })
             })
             .collect();
         print_json(&json!({
@@ -360,10 +415,24 @@ async fn stats(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
     if per.is_empty() {
         println!("  (nothing stored)");
     }
-    for (name, (nars, bytes, fetches)) in &per {
+    for (name, u) in &per {
+        println!("  {name}:");
         println!(
-            "  {name}: {nars} NARs in storage ({}), {fetches} downloaded",
-            format_size(*bytes)
+            "    in storage:     {} NARs ({})",
+            u.stored_nars,
+            format_size(u.stored_bytes)
+        );
+        println!("    narinfos:       {} fetched", u.narinfo_fetches);
+        println!(
+            "    NAR hit ratio:  {} ({} hits, {} misses)",
+            percent(ratio(u.nar_hits, u.nar_misses)),
+            u.nar_hits,
+            u.nar_misses
+        );
+        println!(
+            "    downloaded:     {} NARs ({})",
+            u.nar_fetches,
+            format_size(u64::try_from(u.fetched_bytes).unwrap_or(0))
         );
     }
     Ok(exit::OK)

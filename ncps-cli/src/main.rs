@@ -136,6 +136,13 @@ fn write_secret(path: &PathBuf, secret: &str) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing to a reader that closed early (`gc
+    // --dry-run | head`) panicked with a backtrace; with the default action
+    // the process ends quietly, as other Unix tools do.
+    // SAFETY: done first, before any thread starts; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Like the server: config file values become defaults for the
     // environment variables of the same options.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

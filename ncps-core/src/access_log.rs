@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::cache::now;
-use crate::{ByteStream, Cache, Result};
+use crate::{ByteStream, Cache, MetadataDb, Result};
 
 /// The names of the counters the engine keeps in the database.
 pub mod counter {
@@ -32,6 +32,14 @@ pub mod counter {
     pub const NAR_MISSES: &str = "nar_misses";
     /// NAR downloads started from an upstream; the name is followed by the upstream's URL.
     pub const NAR_FETCHES_FROM: &str = "nar_fetches:";
+    /// Bytes of NARs downloaded from an upstream and stored; followed by its URL.
+    pub const NAR_FETCHED_BYTES_FROM: &str = "nar_fetched_bytes:";
+    /// NARs of an upstream served from storage; followed by its URL.
+    pub const NAR_HITS_FROM: &str = "nar_hits:";
+    /// NARs of an upstream not in storage when asked for; followed by its URL.
+    pub const NAR_MISSES_FROM: &str = "nar_misses:";
+    /// Narinfos fetched from an upstream; followed by its URL.
+    pub const NARINFO_FETCHES_FROM: &str = "narinfo_fetches:";
     /// NARs evicted.
     pub const EVICTED_NARS: &str = "evicted_nars";
     /// Bytes evicted.
@@ -55,12 +63,18 @@ pub(crate) struct AccessBatch {
     pub nars: Vec<(String, i64)>,
     /// (counter, delta).
     pub counters: Vec<(String, i64)>,
+    /// (NAR file name, hits from storage): counted per upstream at a flush,
+    /// which looks up where each NAR came from.
+    pub nar_hits: Vec<(String, i64)>,
 }
 
 impl AccessBatch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.narinfos.is_empty() && self.nars.is_empty() && self.counters.is_empty()
+        self.narinfos.is_empty()
+            && self.nars.is_empty()
+            && self.counters.is_empty()
+            && self.nar_hits.is_empty()
     }
 }
 
@@ -69,6 +83,8 @@ struct State {
     narinfos: HashMap<String, i64>,
     nars: HashMap<String, i64>,
     counters: HashMap<String, i64>,
+    /// NAR file name -> hits from storage.
+    nar_hits: HashMap<String, i64>,
     /// NAR file name -> readers of its stored bytes in this process.
     readers: HashMap<String, usize>,
 }
@@ -105,6 +121,11 @@ impl AccessLog {
     /// A NAR was served at `at`.
     pub fn nar(&self, file: &str, at: i64) {
         later(&mut self.state().nars, file, at);
+    }
+
+    /// The NAR `file` was served from storage.
+    pub fn nar_hit(&self, file: &str) {
+        *self.state().nar_hits.entry(file.to_owned()).or_default() += 1;
     }
 
     /// Adds `delta` to `counter`.
@@ -155,6 +176,7 @@ impl AccessLog {
             narinfos: state.narinfos.drain().collect(),
             nars: state.nars.drain().collect(),
             counters: state.counters.drain().filter(|(_, d)| *d != 0).collect(),
+            nar_hits: state.nar_hits.drain().collect(),
         }
     }
 
@@ -170,6 +192,9 @@ impl AccessLog {
         for (name, delta) in batch.counters {
             *state.counters.entry(name).or_default() += delta;
         }
+        for (file, hits) in batch.nar_hits {
+            *state.nar_hits.entry(file).or_default() += hits;
+        }
     }
 }
 
@@ -179,15 +204,30 @@ impl Cache {
     /// next call.
     pub async fn flush_access_log(&self) -> Result<()> {
         let log = self.access_log();
-        let batch = log.take(now());
+        let mut batch = log.take(now());
         if batch.is_empty() {
             return Ok(());
         }
         let db = self.backends().db;
-        if !log.since_recorded.load(Ordering::Relaxed) {
-            db.set_config_if_absent(COUNTERS_SINCE_CONFIG, &now().to_string())
-                .await?;
-            log.since_recorded.store(true, Ordering::Relaxed);
+        let counted = async {
+            if !log.since_recorded.load(Ordering::Relaxed) {
+                db.set_config_if_absent(COUNTERS_SINCE_CONFIG, &now().to_string())
+                    .await?;
+                log.since_recorded.store(true, Ordering::Relaxed);
+            }
+            self.nar_hits_by_upstream(db.as_ref(), &batch.nar_hits)
+                .await
+        }
+        .await;
+        match counted {
+            Ok(per_upstream) => {
+                batch.nar_hits.clear();
+                batch.counters.extend(per_upstream);
+            }
+            Err(e) => {
+                log.restore(batch);
+                return Err(e);
+            }
         }
         let written = async {
             db.record_accesses(&batch.narinfos, &batch.nars).await?;
@@ -199,6 +239,25 @@ impl Cache {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// NAR hits (file, hits) as per-upstream counters: one database read
+    /// per NAR served since the last flush, off the serving path. Uploads
+    /// and NARs whose record is gone count in the total only.
+    async fn nar_hits_by_upstream(
+        &self,
+        db: &dyn MetadataDb,
+        hits: &[(String, i64)],
+    ) -> Result<Vec<(String, i64)>> {
+        let mut per_upstream: HashMap<String, i64> = HashMap::new();
+        for (file, n) in hits {
+            let Some(url) = db.get_nar(file).await?.and_then(|r| r.upstream_url) else {
+                continue;
+            };
+            let name = format!("{}{}", counter::NAR_HITS_FROM, self.upstream_of(&url));
+            *per_upstream.entry(name).or_default() += n;
+        }
+        Ok(per_upstream.into_iter().collect())
     }
 
     /// Runs [`Cache::flush_access_log`] every `interval`, in the background.
@@ -246,6 +305,8 @@ mod tests {
         log.nar("g.nar", 7);
         log.count(counter::NAR_HITS, 2);
         log.count(counter::NAR_HITS, 1);
+        log.nar_hit("f.nar");
+        log.nar_hit("f.nar");
         let body: ByteStream = Box::pin(futures::stream::iter(vec![Ok(Bytes::from("x"))]));
         let mut read = log.reading("r.nar", body);
         assert!(log.is_read("r.nar"));
@@ -261,6 +322,7 @@ mod tests {
             ]
         );
         assert_eq!(batch.counters, vec![(counter::NAR_HITS.to_string(), 3)]);
+        assert_eq!(batch.nar_hits, vec![("f.nar".to_string(), 2)]);
         assert!(log.take(100).nars.iter().any(|(f, _)| f == "r.nar"));
         while read.next().await.is_some() {}
         drop(read);
@@ -271,10 +333,12 @@ mod tests {
             narinfos: vec![("h".to_string(), 3)],
             nars: Vec::new(),
             counters: vec![("c".to_string(), 4)],
+            nar_hits: vec![("f.nar".to_string(), 1)],
         });
         log.count("c", 1);
         let batch = log.take(0);
         assert_eq!(batch.narinfos, vec![("h".to_string(), 3)]);
         assert_eq!(batch.counters, vec![("c".to_string(), 5)]);
+        assert_eq!(batch.nar_hits, vec![("f.nar".to_string(), 1)]);
     }
 }

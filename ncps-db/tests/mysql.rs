@@ -17,7 +17,7 @@ mod with_feature {
     use std::sync::Arc;
 
     use mysql_async::prelude::Queryable;
-    use ncps_core::{Error, MetadataDb, NarRecord};
+    use ncps_core::MetadataDb;
     use ncps_db::MysqlDb;
 
     use crate::common;
@@ -122,25 +122,8 @@ mod with_feature {
             let _ = conn.disconnect().await;
         }
         let db = MysqlDb::connect(&url, 0).await.expect("migrating connect");
-        assert_eq!(
-            migrations(&url)
-                .await
-                .iter()
-                .map(|(v, _)| *v)
-                .collect::<Vec<_>>(),
-            vec![1, 2]
-        );
-        assert_eq!(
-            db.get_nar_storage("old.nar.xz")
-                .await
-                .expect("get_nar_storage"),
-            Some(ncps_core::NarStorage::Unknown)
-        );
-        assert!(
-            db.add_pin("0c3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc", 4)
-                .await
-                .expect("add_pin")
-        );
+        let versions = migrations(&url).await.iter().map(|(v, _)| *v).collect();
+        common::assert_migrated_from_v1(&db, versions).await;
         drop(db);
         drop_database(&server, &url).await;
     }
@@ -152,28 +135,11 @@ mod with_feature {
         else {
             return;
         };
-        let record = NarRecord {
-            file: "abc.nar.zst".to_string(),
-            compression: "zstd".to_string(),
-            file_hash: None,
-            file_size: Some(42),
-            nar_hash: "sha256:xyz".to_string(),
-            nar_size: 100,
-            upstream_url: None,
-            last_accessed_at: 7,
-        };
-        {
-            let db = MysqlDb::connect(&url, 0).await.expect("first connect");
-            db.put_nar(&record).await.expect("put_nar");
-        }
-        let before = migrations(&url).await;
-        let db = MysqlDb::connect(&url, 0).await.expect("second connect");
-        assert_eq!(
-            db.get_nar("abc.nar.zst").await.expect("get_nar"),
-            Some(record)
-        );
-        assert_eq!(migrations(&url).await, before, "migrations re-run");
-        drop(db);
+        common::assert_reconnecting_keeps_data(
+            async || MysqlDb::connect(&url, 0).await.expect("connect"),
+            async || migrations(&url).await,
+        )
+        .await;
         drop_database(&server, &url).await;
     }
 
@@ -228,12 +194,6 @@ mod with_feature {
         let e = MysqlDb::connect(url, 0)
             .await
             .expect_err("connected to nothing");
-        let message = e.to_string();
-        assert!(matches!(e, Error::Unavailable(_)), "{message}");
-        assert!(!message.contains("hunter2"), "{message}");
-        assert!(
-            message.contains("mysql://ncps:***@127.0.0.1:1/ncps"),
-            "{message}"
-        );
+        common::assert_down_hiding_the_password(e, "mysql://ncps:***@127.0.0.1:1/ncps");
     }
 }

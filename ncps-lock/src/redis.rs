@@ -134,10 +134,32 @@ impl fmt::Debug for RedisLockOptions {
     }
 }
 
-/// Splits `host:port` (or `[v6]:port`) into its host and port.
-fn parse_addr(addr: &str) -> Result<(String, u16)> {
-    let bad = || Error::InvalidInput(format!("redis address {addr:?} is not host:port"));
-    let (host, port) = addr.trim().rsplit_once(':').ok_or_else(bad)?;
+/// An address's scheme: none (`host:port`), `redis://` or `rediss://` (TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bare,
+    Plain,
+    Tls,
+}
+
+/// Splits `host:port` (or `[v6]:port`), optionally after `redis://` or
+/// `rediss://`, into its host and port and the scheme given.
+fn parse_addr(addr: &str) -> Result<(String, u16, Scheme)> {
+    let bad = || {
+        Error::InvalidInput(format!(
+            "redis address {addr:?} is not host:port (or rediss://host:port)"
+        ))
+    };
+    let addr = addr.trim();
+    let (scheme, rest) = if let Some(rest) = addr.strip_prefix("rediss://") {
+        (Scheme::Tls, rest)
+    } else if let Some(rest) = addr.strip_prefix("redis://") {
+        (Scheme::Plain, rest)
+    } else {
+        (Scheme::Bare, addr)
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     let host = match host.strip_prefix('[') {
         Some(v6) => v6.strip_suffix(']').ok_or_else(bad)?,
         None if host.contains(':') => return Err(bad()),
@@ -147,7 +169,24 @@ fn parse_addr(addr: &str) -> Result<(String, u16)> {
     if host.is_empty() || port == 0 || host.contains(['/', '@', ' ']) {
         return Err(bad());
     }
-    Ok((host.to_owned(), port))
+    Ok((host.to_owned(), port, scheme))
+}
+
+/// Whether to talk TLS: `rediss://` addresses or `use_tls`; a `redis://`
+/// address with TLS asked for, or schemes mixed, is a mistake.
+fn tls_wanted(addrs: &[(String, u16, Scheme)], use_tls: bool) -> Result<bool> {
+    let has = |scheme| addrs.iter().any(|(_, _, s)| *s == scheme);
+    if has(Scheme::Tls) && has(Scheme::Plain) {
+        return Err(Error::InvalidInput(
+            "redis addresses mix redis:// and rediss://".into(),
+        ));
+    }
+    if use_tls && has(Scheme::Plain) {
+        return Err(Error::InvalidInput(
+            "a redis:// address with TLS on: use rediss:// or host:port".into(),
+        ));
+    }
+    Ok(use_tls || has(Scheme::Tls))
 }
 
 /// Connections to one server or to a cluster.
@@ -307,6 +346,7 @@ impl RedisLock {
         if addrs.is_empty() {
             return Err(Error::InvalidInput("no redis address given".into()));
         }
+        let use_tls = tls_wanted(&addrs, options.use_tls)?;
         if options.db < 0 {
             return Err(Error::InvalidInput(format!(
                 "redis database {} is negative",
@@ -334,8 +374,8 @@ impl RedisLock {
         }
         let infos = addrs
             .iter()
-            .map(|(host, port)| {
-                let addr = if options.use_tls {
+            .map(|(host, port, _)| {
+                let addr = if use_tls {
                     ConnectionAddr::TcpTls {
                         host: host.clone(),
                         port: *port,
@@ -585,15 +625,25 @@ mod tests {
     fn addresses_are_host_and_port() {
         assert_eq!(
             parse_addr("redis.example:6379").unwrap(),
-            ("redis.example".to_owned(), 6379)
+            ("redis.example".to_owned(), 6379, Scheme::Bare)
         );
         assert_eq!(
             parse_addr("[::1]:16379").unwrap(),
-            ("::1".to_owned(), 16379)
+            ("::1".to_owned(), 16379, Scheme::Bare)
+        );
+        assert_eq!(
+            parse_addr("redis://redis.example:6379").unwrap(),
+            ("redis.example".to_owned(), 6379, Scheme::Plain)
+        );
+        assert_eq!(
+            parse_addr("rediss://[::1]:6380/").unwrap(),
+            ("::1".to_owned(), 6380, Scheme::Tls)
         );
         for bad in [
             "redis.example",
-            "redis://redis.example:6379",
+            "rediss://redis.example",
+            "http://redis.example:6379",
+            "rediss://user:pw@redis.example:6379",
             ":6379",
             "host:0",
             "host:port",
@@ -602,6 +652,20 @@ mod tests {
         ] {
             assert!(parse_addr(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[test]
+    fn rediss_addresses_turn_tls_on_and_schemes_must_agree() {
+        let addrs = |list: &[&str]| {
+            list.iter()
+                .map(|a| parse_addr(a).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert!(!tls_wanted(&addrs(&["a:1", "redis://b:2"]), false).unwrap());
+        assert!(tls_wanted(&addrs(&["a:1"]), true).unwrap());
+        assert!(tls_wanted(&addrs(&["rediss://a:1", "b:2"]), false).unwrap());
+        assert!(tls_wanted(&addrs(&["rediss://a:1", "redis://b:2"]), false).is_err());
+        assert!(tls_wanted(&addrs(&["redis://a:1"]), true).is_err());
     }
 
     #[test]

@@ -39,6 +39,8 @@ fn main() -> ExitCode {
         }
         return check_config::run(&args, &global, &options, &from_file);
     }
+    // After the environment is set: it starts a thread.
+    ncps_server::allocator::spawn_trim(ncps_server::allocator::TRIM_INTERVAL);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -307,8 +307,8 @@ pub struct ServeOptions {
     pub cache_lock_allow_degraded_mode: bool,
 
     /// Redis addresses `host:port`, comma-separated: one server, or the seed
-    /// nodes of one Redis Cluster. Setting them makes `redis` the default
-    /// `--cache-lock-backend`.
+    /// nodes of one Redis Cluster (`rediss://host:port` also works, and means
+    /// TLS). Setting them makes `redis` the default `--cache-lock-backend`.
     #[arg(long, env = "CACHE_REDIS_ADDRS", value_delimiter = ',')]
     pub cache_redis_addrs: Vec<String>,
 

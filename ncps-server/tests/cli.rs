@@ -1,39 +1,20 @@
 //! The ncps-server binary's configuration: defaults, config files, and
 //! refusing invalid options by name. These need no outside service.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_ncps-server");
-
-/// The default upstream is cache.nixos.org; tests must not reach the
-/// internet, so every outside request goes to a loopback proxy that refuses it.
-const DEAD_PROXY: &str = "http://127.0.0.1:9";
-
-fn clean_command(home: &Path) -> Command {
-    let mut command = Command::new(SERVER);
-    command
-        .env_clear()
-        .env("HOME", home)
-        .env("HTTPS_PROXY", DEAD_PROXY)
-        .env("HTTP_PROXY", DEAD_PROXY)
-        .env("NO_PROXY", "127.0.0.1,localhost");
-    command
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{assert_refused_naming, free_port, offline_server, run_to_exit};
 
 /// Runs the server in a clean environment that expects it to exit.
 fn run_expecting_exit(home: &Path, args: &[&str]) -> Output {
-    clean_command(home).args(args).output().unwrap()
+    let mut command = offline_server(home);
+    command.args(args);
+    run_to_exit(command)
 }
 
 struct Running(Child);
@@ -46,7 +27,7 @@ impl Drop for Running {
 }
 
 fn start(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Running {
-    let child = clean_command(home)
+    let child = offline_server(home)
         .args(args)
         .envs(envs.iter().copied())
         .stdout(Stdio::null())
@@ -124,13 +105,7 @@ fn invalid_options_exit_non_zero_naming_the_option() {
         (&["--config", "/nonexistent/ncps.yaml"], "--config"),
     ];
     for (args, option) in cases {
-        let out = run_expecting_exit(home.path(), args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(
-            stderr.contains(option),
-            "{args:?}: stderr does not name {option}: {stderr}"
-        );
+        assert_refused_naming(&run_expecting_exit(home.path(), args), args, option);
     }
 }
 

@@ -18,11 +18,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use common::*;
 use futures::StreamExt;
 use ncps_core::SigningKey;
@@ -61,37 +59,6 @@ fn services_with_tls_redis(test: &str, db_var: &str) -> Option<Services> {
     })
 }
 
-/// A name no other test or run uses.
-fn unique(what: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("ncps-ha-{what}-{}-{nanos}", std::process::id())
-}
-
-fn s3_client(endpoint: &str) -> Client {
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .http_client(http_client)
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .build();
-    Client::from_conf(config)
-}
-
-/// `host:port` of a `redis://host:port` URL.
-fn redis_addr(url: &str) -> String {
-    url.trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_owned()
-}
-
 /// Instances sharing a fresh database, a fresh bucket and a Redis key prefix.
 struct Cluster {
     instances: Vec<Proxy>,
@@ -110,37 +77,23 @@ impl Cluster {
         extra: &[&str],
     ) -> Cluster {
         let s3 = s3_client(&services.s3);
-        let bucket = unique("bucket");
-        s3.create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e:?}"));
+        let bucket = new_bucket(&s3, "ha").await;
         let db = fresh_database(&services.db).await;
         let mut shared = ProxyConfig::new(upstream.url.clone(), &[&key.public_key().to_string()]);
-        shared.extra_args = [
-            "--cache-database-url",
-            &db,
-            "--cache-storage-s3-bucket",
-            &bucket,
-            "--cache-storage-s3-endpoint",
-            &services.s3,
-            "--cache-storage-s3-region",
-            "us-east-1",
-            "--cache-storage-s3-force-path-style",
-            "--cache-storage-s3-access-key-id",
-            "test",
-            "--cache-storage-s3-secret-access-key",
-            "test",
-            "--cache-redis-addrs",
-            &redis_addr(&services.redis),
-            "--cache-lock-redis-key-prefix",
-            &format!("{}:", unique("lock")),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect();
+        shared.extra_args = s3_storage_args(&services.s3, &bucket, "test");
+        shared.extra_args.extend(
+            [
+                "--cache-database-url",
+                &db,
+                "--cache-redis-addrs",
+                &redis_addr(&services.redis),
+                "--cache-lock-redis-key-prefix",
+                &format!("{}:", unique("lock")),
+            ]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
+        );
         if let Some(ca) = &services.redis_ca {
             shared.extra_args.push("--cache-redis-use-tls".into());
             shared.env.push(("SSL_CERT_FILE".into(), ca.clone()));

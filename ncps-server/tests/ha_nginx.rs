@@ -20,8 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use common::*;
 use ncps_core::testkit::service;
 use tempfile::TempDir;
@@ -64,16 +62,13 @@ fn lock_args(test: &str) -> Vec<String> {
         .host_str()
         .unwrap_or_else(|| panic!("NCPS_TEST_REDIS_URL {redis_url:?} names no host"));
     let port = url.port().unwrap_or(6379);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
     vec![
         "--cache-lock-backend".to_string(),
         "redis".to_string(),
         "--cache-redis-addrs".to_string(),
         format!("{host}:{port}"),
         "--cache-lock-redis-key-prefix".to_string(),
-        format!("ncps-ha-{}-{nanos}:", std::process::id()),
+        format!("{}:", unique("ha-nginx")),
     ]
 }
 
@@ -115,32 +110,6 @@ fn services(test: &str) -> Option<Services> {
         postgres,
         s3,
     })
-}
-
-/// A fresh bucket on the S3 server at `endpoint`; its name.
-async fn fresh_bucket(endpoint: &str) -> String {
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .http_client(http_client)
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .build();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let bucket = format!("ncps-ha-{}-{nanos}", std::process::id());
-    aws_sdk_s3::Client::from_conf(config)
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e:?}"));
-    bucket
 }
 
 // ---------------------------------------------------------------------------
@@ -429,34 +398,25 @@ impl Cluster {
     ) -> Cluster {
         let lock = lock_args(test);
         let database = fresh_database(&services.postgres).await;
-        let bucket = fresh_bucket(&services.s3).await;
+        let bucket = new_bucket(&s3_client(&services.s3), "ha-nginx").await;
         let ports: Vec<u16> = (0..INSTANCES).map(|_| free_port()).collect();
         // All at once, as a deployment starts them: the first start of a
         // fresh database must not trip over the others' migrations.
         let starts = ports.iter().map(|&port| {
             let mut config = ProxyConfig::new(upstream_url, &[&fx.upstream_key.public])
                 .secret_key(&fx.proxy_key);
-            config.extra_args = [
-                "--cache-database-url",
-                &database,
-                "--cache-storage-s3-bucket",
-                &bucket,
-                "--cache-storage-s3-endpoint",
-                &services.s3,
-                "--cache-storage-s3-region",
-                "us-east-1",
-                "--cache-storage-s3-force-path-style",
-                "--cache-storage-s3-access-key-id",
-                "test",
-                "--cache-storage-s3-secret-access-key",
-                "test",
-                "--cache-advertise-url",
-                &format!("http://127.0.0.1:{port}"),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(lock.iter().cloned())
-            .collect();
+            config.extra_args = s3_storage_args(&services.s3, &bucket, "test");
+            config.extra_args.extend(
+                [
+                    "--cache-database-url",
+                    &database,
+                    "--cache-advertise-url",
+                    &format!("http://127.0.0.1:{port}"),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(lock.iter().cloned()),
+            );
             Proxy::start_on(config, port)
         });
         let instances = futures::future::join_all(starts).await;

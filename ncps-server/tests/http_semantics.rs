@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{Proxy, ProxyConfig};
+use common::{Proxy, ProxyConfig, proxy_nar_url};
 use ncps_core::SigningKey;
 use ncps_core::testkit::upstream::{Fixture, TestUpstream, fixture};
 use tokio::io::AsyncReadExt;
@@ -36,19 +36,7 @@ async fn setup(size: usize) -> (TestUpstream, Fixture, Proxy) {
 
 /// The proxy's NAR URL of the fixture, from its narinfo.
 async fn nar_url(proxy: &Proxy, f: &Fixture) -> String {
-    let narinfo = client()
-        .get(format!("{}/{}.narinfo", proxy.url(), f.hash()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let url = narinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: "))
-        .expect("URL line");
-    format!("{}/{url}", proxy.url())
+    proxy_nar_url(&client(), proxy.url(), &f.hash().to_string()).await
 }
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {

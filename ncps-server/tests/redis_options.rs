@@ -6,16 +6,15 @@
 //! (`NCPS_TEST_REDIS_TLS_ADDR`, `NCPS_TEST_REDIS_TLS_CA`), see `.ci/redis.sh`;
 //! the HA tests cover locking through Redis end to end.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_ncps-server");
+use common::{assert_refused_naming, free_port, offline_server, redis_addr, run_to_exit};
 
-/// Tests must not reach the internet: outside requests go to a loopback
-/// proxy that refuses them, and the upstream is a dead loopback port.
-const DEAD_PROXY: &str = "http://127.0.0.1:9";
+/// The upstream is a dead loopback port: tests must not reach the internet.
 const UPSTREAM: &[&str] = &[
     "--cache-upstream-url",
     "http://127.0.0.1:9",
@@ -23,26 +22,14 @@ const UPSTREAM: &[&str] = &[
     "up-1:5X/boBJR/ESr6QlzS/7i/S7O5VxqwTrJme8TQOpGkVg=",
 ];
 
+/// The server on local storage under `home`, offline, with [`UPSTREAM`].
 fn command(home: &Path) -> Command {
-    let mut command = Command::new(SERVER);
+    let mut command = offline_server(home);
     command
-        .env_clear()
-        .env("HOME", home)
-        .env("HTTPS_PROXY", DEAD_PROXY)
-        .env("HTTP_PROXY", DEAD_PROXY)
-        .env("NO_PROXY", "127.0.0.1,localhost")
         .args(UPSTREAM)
         .arg("--cache-storage-local")
         .arg(home.join("data"));
     command
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An address where nothing listens.
@@ -52,26 +39,11 @@ fn closed_addr() -> String {
 
 /// Runs the server expecting it to exit (bounded: it would otherwise serve).
 fn run_expecting_exit(home: &Path, args: &[&str]) -> Output {
-    let port = free_port().to_string();
-    let mut child = command(home)
-        .args(["--server-addr", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..600 {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let output = child.wait_with_output().unwrap();
-    panic!(
-        "{args:?}: the server did not exit within 30 s:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut command = command(home);
+    command
+        .args(["--server-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(args);
+    run_to_exit(command)
 }
 
 struct Running {
@@ -138,7 +110,15 @@ fn lock_options_that_cannot_work_exit_naming_the_option() {
             "--cache-lock-backend",
         ),
         (
-            &["--cache-redis-addrs", "redis://127.0.0.1:6379"],
+            &["--cache-redis-addrs", "http://127.0.0.1:6379"],
+            "--cache-redis-addrs",
+        ),
+        (
+            &[
+                "--cache-redis-addrs",
+                "redis://127.0.0.1:6379",
+                "--cache-redis-use-tls",
+            ],
             "--cache-redis-addrs",
         ),
         (
@@ -186,13 +166,7 @@ fn lock_options_that_cannot_work_exit_naming_the_option() {
         ),
     ];
     for (args, option) in cases {
-        let out = run_expecting_exit(home.path(), args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(
-            stderr.contains(option),
-            "{args:?}: stderr does not name {option}: {stderr}"
-        );
+        assert_refused_naming(&run_expecting_exit(home.path(), args), args, option);
     }
 }
 
@@ -258,14 +232,14 @@ fn a_refused_redis_login_exits_without_showing_the_password() {
     ) else {
         return;
     };
-    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+    let addr = redis_addr(&url);
     let home = tempfile::tempdir().unwrap();
     let secret = "wrong-password-5d21";
     let out = run_expecting_exit(
         home.path(),
         &[
             "--cache-redis-addrs",
-            addr,
+            &addr,
             "--cache-redis-username",
             "nobody",
             "--cache-redis-password",
@@ -315,6 +289,21 @@ fn redis_over_tls_needs_a_trusted_certificate() {
     assert!(
         log.contains("Redis locks ready") && log.contains(&addr),
         "the locks are not ready over TLS:\n{log}"
+    );
+
+    // `rediss://` means TLS without the flag.
+    let home = tempfile::tempdir().unwrap();
+    let rediss = format!("rediss://{addr}");
+    let server = start(
+        home.path(),
+        free_port(),
+        &["--cache-redis-addrs", rediss.as_str()],
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    let log = server.log();
+    assert!(
+        log.contains("Redis locks ready"),
+        "the locks are not ready with {rediss}:\n{log}"
     );
 
     // Plain Redis commands to a TLS-only port are refused, so the TLS

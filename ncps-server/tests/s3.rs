@@ -13,105 +13,28 @@ use ncps_core::testkit::service;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use common::*;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_ncps-server");
 
-/// Outside requests go to a loopback port that refuses them.
-const DEAD_PROXY: &str = "http://127.0.0.1:9";
-
 /// The secret access key every test uses; it must never appear in output.
 const SECRET: &str = "ncps-test-secret-c4f1e2";
 
-/// A plain SDK client for making and inspecting buckets.
-fn s3_client(endpoint: &str) -> Client {
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .http_client(http_client)
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new("test", SECRET, None, None, "test"))
-        .build();
-    Client::from_conf(config)
-}
-
-/// A bucket name no other test or run uses.
-fn unique_bucket(what: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("ncps-server-{what}-{}-{nanos}", std::process::id())
-}
-
-/// Creates a fresh bucket and returns its name.
-async fn new_bucket(client: &Client, what: &str) -> String {
-    let bucket = unique_bucket(what);
-    client
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e:?}"));
-    bucket
-}
-
-/// Every key in `bucket`.
-async fn keys(client: &Client, bucket: &str) -> Vec<String> {
-    let listed = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .send()
-        .await
-        .expect("ListObjectsV2");
-    listed
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(str::to_string))
-        .collect()
-}
-
 /// The S3 storage options for `bucket` at `endpoint`, under `prefix`.
 fn s3_args(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
-    [
-        "--cache-storage-s3-bucket",
-        bucket,
-        "--cache-storage-s3-endpoint",
-        endpoint,
-        "--cache-storage-s3-region",
-        "us-east-1",
-        "--cache-storage-s3-force-path-style",
-        "--cache-storage-s3-access-key-id",
-        "test",
-        "--cache-storage-s3-secret-access-key",
-        SECRET,
-        "--cache-storage-s3-prefix",
-        prefix,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut args = s3_storage_args(endpoint, bucket, SECRET);
+    args.extend(["--cache-storage-s3-prefix".to_string(), prefix.to_string()]);
+    args
 }
 
 /// Runs the server until it exits, in a clean environment whose only
-/// upstream never answers; panics if it is still running after 30 s.
-fn run_to_exit(home: &Path, args: &[String], envs: &[(&str, &str)]) -> (Output, Duration) {
+/// upstream never answers; its output and how long it ran.
+fn run_to_exit_timed(home: &Path, args: &[String], envs: &[(&str, &str)]) -> (Output, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(SERVER)
-        .env_clear()
-        .env("HOME", home)
-        .env("HTTPS_PROXY", DEAD_PROXY)
-        .env("HTTP_PROXY", DEAD_PROXY)
-        .env("NO_PROXY", "127.0.0.1,localhost")
+    let mut command = offline_server(home);
+    command
         .envs(envs.iter().copied())
         .args([
             "serve",
@@ -124,26 +47,8 @@ fn run_to_exit(home: &Path, args: &[String], envs: &[(&str, &str)]) -> (Output, 
             "--cache-upstream-dialer-timeout",
             "200ms",
         ])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawning ncps-server");
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            let output = child.wait_with_output().expect("wait_with_output");
-            return (output, started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("wait_with_output");
-            panic!(
-                "ncps-server {args:?} still running after 30 s; stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .args(args);
+    (run_to_exit(command), started.elapsed())
 }
 
 /// Asserts the server refused to start (exit 2) with `needles` in its
@@ -169,7 +74,7 @@ fn local_and_s3_storage_exclude_each_other() {
     let home = tempfile::tempdir().expect("tempdir");
     let mut args = s3_args("http://127.0.0.1:9", "some-bucket", "p");
     args.extend(["--cache-storage-local".to_string(), "/tmp/x".to_string()]);
-    let (output, _) = run_to_exit(home.path(), &args, &[]);
+    let (output, _) = run_to_exit_timed(home.path(), &args, &[]);
     assert_refused(
         &output,
         &["--cache-storage-local", "--cache-storage-s3-bucket"],
@@ -180,7 +85,7 @@ fn local_and_s3_storage_exclude_each_other() {
 fn s3_options_need_a_bucket() {
     let home = tempfile::tempdir().expect("tempdir");
     let args = ["--cache-storage-s3-endpoint", "http://127.0.0.1:9"].map(String::from);
-    let (output, _) = run_to_exit(home.path(), &args, &[]);
+    let (output, _) = run_to_exit_timed(home.path(), &args, &[]);
     assert_refused(
         &output,
         &["--cache-storage-s3-endpoint", "--cache-storage-s3-bucket"],
@@ -191,7 +96,8 @@ fn s3_options_need_a_bucket() {
 fn unreachable_s3_stops_the_start_quickly_naming_bucket_and_endpoint() {
     let home = tempfile::tempdir().expect("tempdir");
     let endpoint = format!("http://127.0.0.1:{}", free_port());
-    let (output, took) = run_to_exit(home.path(), &s3_args(&endpoint, "some-bucket", "p"), &[]);
+    let (output, took) =
+        run_to_exit_timed(home.path(), &s3_args(&endpoint, "some-bucket", "p"), &[]);
     assert_refused(
         &output,
         &["some-bucket", &endpoint, "--cache-storage-s3-bucket"],
@@ -229,7 +135,7 @@ fn missing_bucket_from_the_config_file_is_named_with_its_endpoint() {
         return;
     };
     let home = tempfile::tempdir().expect("tempdir");
-    let bucket = unique_bucket("missing");
+    let bucket = unique("missing");
     let config = home.path().join("config.yaml");
     std::fs::write(
         &config,
@@ -241,12 +147,12 @@ fn missing_bucket_from_the_config_file_is_named_with_its_endpoint() {
     )
     .expect("writing the config file");
     let args = ["--config".to_string(), config.display().to_string()];
-    let (output, _) = run_to_exit(home.path(), &args, &[]);
+    let (output, _) = run_to_exit_timed(home.path(), &args, &[]);
     assert_refused(&output, &[&bucket, &endpoint, "no such bucket"]);
 
     // The same through the environment.
-    let bucket_env = unique_bucket("missing-env");
-    let (output, _) = run_to_exit(
+    let bucket_env = unique("missing-env");
+    let (output, _) = run_to_exit_timed(
         home.path(),
         &[],
         &[
@@ -261,8 +167,8 @@ fn missing_bucket_from_the_config_file_is_named_with_its_endpoint() {
 
     // Without keys, the AWS default credential chain (here its environment
     // variables) signs the requests, which got as far as the missing bucket.
-    let bucket_chain = unique_bucket("missing-chain");
-    let (output, _) = run_to_exit(
+    let bucket_chain = unique("missing-chain");
+    let (output, _) = run_to_exit_timed(
         home.path(),
         &[],
         &[
@@ -276,25 +182,6 @@ fn missing_bucket_from_the_config_file_is_named_with_its_endpoint() {
         ],
     );
     assert_refused(&output, &[&bucket_chain, &endpoint, "no such bucket"]);
-}
-
-/// A fresh database on the PostgreSQL server at `server`; its URL.
-async fn fresh_postgres(server: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let name = format!("ncps_s3_{}_{nanos}", std::process::id());
-    let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls)
-        .await
-        .expect("connecting to the test PostgreSQL");
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("CREATE DATABASE");
-    let mut url = url::Url::parse(server).expect("NCPS_TEST_POSTGRES_URL");
-    url.set_path(&format!("/{name}"));
-    url.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,7 +216,7 @@ async fn nix_copy_through_s3_storage_with_postgres() {
             return;
         }
     };
-    let database = fresh_postgres(&server).await;
+    let database = fresh_database(&server).await;
     copy_through_s3(&endpoint, Some(database)).await;
 }
 
@@ -363,7 +250,7 @@ async fn copy_through_s3(endpoint: &str, database: Option<String>) {
         copy.all_valid(&fx.closure).await,
         "closure not valid: {copy:?}"
     );
-    let stored = keys(&s3, &bucket).await;
+    let stored = bucket_keys(&s3, &bucket, "").await;
     let nars: Vec<&String> = stored
         .iter()
         .filter(|k| k.starts_with("cache-a/nar/"))

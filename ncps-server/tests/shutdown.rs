@@ -44,14 +44,7 @@ async fn download_left_running(env: &[(&str, &str)]) -> (TestUpstream, Fixture, 
     let proxy = Proxy::start(cfg).await;
 
     let client = http_client();
-    let narinfo = client
-        .get(format!("{}/{}.narinfo", proxy.url(), f.hash()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(narinfo.status(), 200);
-    let text = narinfo.text().await.unwrap();
-    let nar_url = format!("{}/{}", proxy.url(), narinfo_field(&text, "URL").unwrap());
+    let nar_url = proxy_nar_url(&client, proxy.url(), &f.hash().to_string()).await;
     let mut response = client.get(&nar_url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let first = response.chunk().await.unwrap();
@@ -67,15 +60,7 @@ async fn download_left_running(env: &[(&str, &str)]) -> (TestUpstream, Fixture, 
 /// The NAR from `proxy`, whole; the test fails if it differs from `f`'s.
 async fn fetch_nar(proxy: &Proxy, f: &Fixture) {
     let client = http_client();
-    let text = client
-        .get(format!("{}/{}.narinfo", proxy.url(), f.hash()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let nar_url = format!("{}/{}", proxy.url(), narinfo_field(&text, "URL").unwrap());
+    let nar_url = proxy_nar_url(&client, proxy.url(), &f.hash().to_string()).await;
     let response = client.get(&nar_url).send().await.unwrap();
     assert_eq!(response.status(), 200, "GET {nar_url}");
     let body = response.bytes().await.unwrap();

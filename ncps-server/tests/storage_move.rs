@@ -8,19 +8,13 @@
 //!
 //! Needs Nix, the S3 server at `NCPS_TEST_S3_ENDPOINT` (see `.ci/s3.sh`;
 //! a missing one skips loudly, or fails with `NCPS_TEST_REQUIRE_ALL=1`),
-//! and the `ncps-cli` binary next to `ncps-server` in cargo's target
-//! directory. Cargo builds `ncps-cli` for its own package's tests only and
-//! stable cargo cannot depend on another package's binary, so it is found
-//! there, and its absence fails the test, naming the command that builds it.
+//! and the `ncps-cli` binary, which [`cli_binary`] builds if needed.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
-use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use common::*;
 use ncps_core::testkit::service;
 
@@ -30,104 +24,17 @@ const SECRET: &str = "ncps-storage-move-secret-7b21";
 /// Where the moved cache lives in its bucket.
 const PREFIX: &str = "moved";
 
-/// The `ncps-cli` binary cargo built next to `ncps-server`; panics, saying
-/// how to build it, when there is none.
-fn ncps_cli() -> PathBuf {
-    let cli = Path::new(env!("CARGO_BIN_EXE_ncps-server")).with_file_name("ncps-cli");
-    assert!(
-        cli.is_file(),
-        "{} is missing: build it first (`cargo build -p ncps-cli`, or run the \
-         whole workspace's tests, which build it)",
-        cli.display()
-    );
-    cli
-}
-
-/// A plain SDK client for making and listing buckets.
-fn s3_client(endpoint: &str) -> Client {
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .http_client(http_client)
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new("test", SECRET, None, None, "test"))
-        .build();
-    Client::from_conf(config)
-}
-
-/// A new bucket no other test or run uses; its name.
-async fn new_bucket(client: &Client) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let bucket = format!("ncps-storage-move-{}-{nanos}", std::process::id());
-    client
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e:?}"));
-    bucket
-}
-
-/// Every key in `bucket`.
-async fn bucket_keys(client: &Client, bucket: &str) -> Vec<String> {
-    let listed = client
-        .list_objects_v2()
-        .bucket(bucket)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("listing bucket {bucket}: {e:?}"));
-    let mut keys: Vec<String> = listed
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(str::to_string))
-        .collect();
-    keys.sort();
-    keys
-}
-
-/// The S3 connection options, as both `ncps-server` and `ncps-cli` take
-/// them (the secret comes from the environment or [`server_s3_args`]).
-fn s3_connection_args(endpoint: &str) -> Vec<String> {
-    [
-        "--cache-storage-s3-endpoint",
-        endpoint,
-        "--cache-storage-s3-region",
-        "us-east-1",
-        "--cache-storage-s3-force-path-style",
-        "--cache-storage-s3-access-key-id",
-        "test",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 /// The server's options for S3 storage in `bucket` under [`PREFIX`].
 fn server_s3_args(endpoint: &str, bucket: &str) -> Vec<String> {
-    let mut args = s3_connection_args(endpoint);
-    args.extend(
-        [
-            "--cache-storage-s3-bucket",
-            bucket,
-            "--cache-storage-s3-prefix",
-            PREFIX,
-            "--cache-storage-s3-secret-access-key",
-            SECRET,
-        ]
-        .map(String::from),
-    );
+    let mut args = s3_storage_args(endpoint, bucket, SECRET);
+    args.extend(["--cache-storage-s3-prefix".to_string(), PREFIX.to_string()]);
     args
 }
 
 /// `ncps-cli storage copy --from from --to to`; its stdout, after checking
 /// it succeeded and printed no secret (bounded by 120 s).
 async fn storage_copy(endpoint: &str, from: &str, to: &str) -> String {
-    let mut cmd = tokio::process::Command::new(ncps_cli());
+    let mut cmd = tokio::process::Command::new(cli_binary());
     cmd.env_clear()
         .env("CACHE_STORAGE_S3_SECRET_ACCESS_KEY", SECRET)
         .args(["storage", "copy", "--from", from, "--to", to])
@@ -211,7 +118,7 @@ async fn cache_moved_local_to_s3_and_back_serves_without_its_upstream() {
     let Some(endpoint) = service(test, "NCPS_TEST_S3_ENDPOINT", "source .ci/s3.sh") else {
         return;
     };
-    ncps_cli();
+    cli_binary();
     let fx = nix_fixture();
 
     // Fill a cache on local storage through real Nix, then stop its server.
@@ -240,7 +147,7 @@ async fn cache_moved_local_to_s3_and_back_serves_without_its_upstream() {
 
     // Local -> S3.
     let s3 = s3_client(&endpoint);
-    let bucket = new_bucket(&s3).await;
+    let bucket = new_bucket(&s3, "storage-move").await;
     let to_s3 = format!("s3://{bucket}/{PREFIX}");
     let out = storage_copy(&endpoint, &local.display().to_string(), &to_s3).await;
     assert!(
@@ -252,7 +159,7 @@ async fn cache_moved_local_to_s3_and_back_serves_without_its_upstream() {
         .iter()
         .map(|(name, _)| format!("{PREFIX}/nar/{name}"))
         .collect();
-    assert_eq!(bucket_keys(&s3, &bucket).await, expected, "{out}");
+    assert_eq!(bucket_keys(&s3, &bucket, "").await, expected, "{out}");
 
     // A server on S3 with the same database; its upstream has nothing.
     let empty = empty_cache();

@@ -12,26 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The `ncps-cli` binary of this build, built if needed (it is another
-/// package's binary, so cargo does not build it for these tests).
-fn cli_binary() -> &'static Path {
-    static CLI: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    CLI.get_or_init(|| {
-        let server = Path::new(env!("CARGO_BIN_EXE_ncps-server"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "ncps-cli", "--manifest-path"])
-            .arg(&manifest)
-            .status()
-            .expect("running cargo build -p ncps-cli");
-        assert!(status.success(), "cargo build -p ncps-cli failed");
-        let cli = server.with_file_name("ncps-cli");
-        assert!(cli.is_file(), "{} is missing", cli.display());
-        cli
-    })
-}
-
 /// How long a poll waits before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -75,25 +55,17 @@ fn nix_copy_from_with_netrc(url: &str, paths: &[String], key: &str, netrc: &Path
 
 /// Runs `ncps-cli <args>` on the proxy's database and storage; (exit code, stdout).
 fn cli(proxy: &Proxy, args: &[&str]) -> (i32, String) {
-    let out = Command::new(cli_binary())
-        .args(args)
-        .arg("--cache-storage-local")
-        .arg(proxy.dir().join("storage"))
-        .arg("--cache-database-url")
-        .arg(format!(
-            "sqlite:{}",
-            proxy.dir().join("db.sqlite").display()
-        ))
-        .env_remove("CACHE_MAX_SIZE")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "ncps-cli {args:?}: {:?}\n{stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), stdout)
+    let storage = proxy.dir().join("storage");
+    let database = format!("sqlite:{}", proxy.dir().join("db.sqlite").display());
+    run_cli(
+        args,
+        [
+            "--cache-storage-local".as_ref(),
+            storage.as_os_str(),
+            "--cache-database-url".as_ref(),
+            database.as_ref(),
+        ],
+    )
 }
 
 /// The NAR files in the proxy's local storage.
@@ -506,6 +478,106 @@ async fn eviction_on_a_schedule_keeps_pins_and_evicted_paths_come_back_from_upst
         upstream.hits(&format!("/{leaf_nar}")),
         1,
         "the pinned NAR was fetched again"
+    );
+}
+
+/// GETs the narinfo of each path from the proxy, then its NAR; the NAR file names.
+async fn get_paths(proxy: &Proxy, paths: &[&str]) -> Vec<String> {
+    let client = http_client();
+    let mut files = Vec::new();
+    for path in paths {
+        let url = format!("{}/{}.narinfo", proxy.url(), hash_part(path));
+        let narinfo = fetch(&client, &url).await;
+        assert_eq!(narinfo.status, 200, "{url}");
+        let nar = narinfo_field(&String::from_utf8_lossy(&narinfo.body), "URL").unwrap();
+        let got = fetch(&client, &format!("{}/{nar}", proxy.url())).await;
+        assert!(got.status == 200 && got.complete, "{nar}: {got:?}");
+        files.push(nar.strip_prefix("nar/").unwrap().to_owned());
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_stats_per_upstream() {
+    let test = "cli_stats_per_upstream";
+    if !require_nix(test) {
+        return;
+    }
+    let fx = nix_fixture();
+    // The first upstream lacks top, which only the second has.
+    let first_dir = tempfile::tempdir().unwrap();
+    copy_dir(fx.cache(Compression::Xz), first_dir.path());
+    std::fs::remove_file(
+        first_dir
+            .path()
+            .join(format!("{}.narinfo", hash_part(&fx.top))),
+    )
+    .unwrap();
+    let first = StaticServer::start(first_dir.path()).await;
+    let second = StaticServer::start(fx.cache(Compression::Zstd)).await;
+    let mut proxy = Proxy::start(
+        ProxyConfig::multi(
+            &[first.url(), second.url()],
+            &[&fx.upstream_key.public, &fx.upstream_key.public],
+        )
+        .secret_key(&fx.proxy_key),
+    )
+    .await;
+
+    // Each path once from its upstream, then once from storage.
+    let paths = [fx.leaf.as_str(), fx.middle.as_str(), fx.top.as_str()];
+    let mut files = get_paths(&proxy, &paths).await;
+    files.sort();
+    let started = Instant::now();
+    while stored_nars(&proxy) != files {
+        assert!(started.elapsed() < DEADLINE, "NARs never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    get_paths(&proxy, &paths).await;
+    // Stopping writes the counters.
+    let (status, _) = proxy.terminate().await;
+    assert!(status.success(), "{}", proxy.log());
+
+    let (code, out) = cli(&proxy, &["--json", "stats"]);
+    assert_eq!(code, 0);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["nar"]["hits"], 3, "{stats}");
+    assert_eq!(stats["nar"]["misses"], 3, "{stats}");
+    let upstreams = stats["upstreams"].as_array().unwrap();
+    assert_eq!(upstreams.len(), 2, "{stats}");
+    let of = |url: &str| {
+        upstreams
+            .iter()
+            .find(|u| u["upstream"] == url)
+            .unwrap_or_else(|| panic!("no {url} in {stats}"))
+    };
+    for (upstream, paths) in [(of(&first.url()), 2), (of(&second.url()), 1)] {
+        assert_eq!(upstream["storedNars"], paths, "{upstream}");
+        assert_eq!(upstream["narinfoFetches"], paths, "{upstream}");
+        assert_eq!(upstream["narFetches"], paths, "{upstream}");
+        assert_eq!(upstream["narHits"], paths, "{upstream}");
+        assert_eq!(upstream["narMisses"], paths, "{upstream}");
+        assert_eq!(upstream["narHitRatio"], 0.5, "{upstream}");
+        assert_eq!(
+            upstream["fetchedBytes"], upstream["storedBytes"],
+            "{upstream}"
+        );
+    }
+    let first_bytes = of(&first.url())["storedBytes"].as_u64().unwrap();
+    let second_bytes = of(&second.url())["storedBytes"].as_u64().unwrap();
+    assert!(
+        first_bytes > 1_000_000,
+        "middle (1 MiB) came from the first"
+    );
+    assert_eq!(first_bytes + second_bytes, stats["storedBytes"]);
+
+    // The text output says the same per upstream.
+    let (code, out) = cli(&proxy, &["stats"]);
+    assert_eq!(code, 0);
+    let second_part = out.split(&format!("{}:", second.url())).nth(1).unwrap();
+    assert!(
+        second_part.contains("NAR hit ratio:  50.0% (1 hits, 1 misses)"),
+        "{out}"
     );
 }
 

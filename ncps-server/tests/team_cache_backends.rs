@@ -5,67 +5,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use common::*;
 use ncps_core::testkit::service;
 use ncps_core::testkit::upstream::{TestUpstream, fixture};
 use ncps_core::{NixHash, SigningKey};
-
-fn s3_client(endpoint: &str) -> Client {
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .http_client(http_client)
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .build();
-    Client::from_conf(config)
-}
-
-/// The `ncps-cli` binary of this build (see `team_cache.rs`).
-fn cli_binary() -> &'static Path {
-    static CLI: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    CLI.get_or_init(|| {
-        let server = Path::new(env!("CARGO_BIN_EXE_ncps-server"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "ncps-cli", "--manifest-path"])
-            .arg(&manifest)
-            .status()
-            .expect("running cargo build -p ncps-cli");
-        assert!(status.success(), "cargo build -p ncps-cli failed");
-        server.with_file_name("ncps-cli")
-    })
-}
-
-/// Keys under `nar/` in the bucket.
-async fn nar_keys(s3: &Client, bucket: &str) -> Vec<String> {
-    let listed = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix("nar/")
-        .send()
-        .await
-        .expect("ListObjectsV2");
-    let mut keys: Vec<String> = listed
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(str::to_owned))
-        .collect();
-    keys.sort();
-    keys
-}
 
 async fn on_s3_and(test: &str, db_var: &str) {
     let Some(endpoint) = service(test, "NCPS_TEST_S3_ENDPOINT", ".ci/s3.sh") else {
@@ -75,30 +18,10 @@ async fn on_s3_and(test: &str, db_var: &str) {
         return;
     };
     let s3 = s3_client(&endpoint);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let bucket = format!("ncps-team-{}-{nanos}", std::process::id());
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let bucket = new_bucket(&s3, "team").await;
     let db = fresh_database(&db_server).await;
-    let backend_args: Vec<String> = [
-        "--cache-database-url",
-        &db,
-        "--cache-storage-s3-bucket",
-        &bucket,
-        "--cache-storage-s3-endpoint",
-        &endpoint,
-        "--cache-storage-s3-region",
-        "us-east-1",
-        "--cache-storage-s3-force-path-style",
-        "--cache-storage-s3-access-key-id",
-        "test",
-        "--cache-storage-s3-secret-access-key",
-        "test",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut backend_args = s3_storage_args(&endpoint, &bucket, "test");
+    backend_args.extend(["--cache-database-url".to_string(), db]);
 
     let upstream = TestUpstream::start().await;
     let key = SigningKey::generate("team-up-1");
@@ -119,20 +42,7 @@ async fn on_s3_and(test: &str, db_var: &str) {
     );
     let proxy = Proxy::start(cfg).await;
     let client = http_client();
-    let run_cli = |args: &[&str]| -> (i32, String) {
-        let out = Command::new(cli_binary())
-            .args(args)
-            .args(&backend_args)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!(
-            "ncps-cli {args:?}: {:?}\n{stdout}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), stdout)
-    };
+    let cli = |args: &[&str]| run_cli(args, &backend_args);
 
     // Both paths through the proxy, into the bucket.
     let mut nar_urls = Vec::new();
@@ -158,7 +68,7 @@ async fn on_s3_and(test: &str, db_var: &str) {
         nar_urls.push(url);
     }
     let started = std::time::Instant::now();
-    while nar_keys(&s3, &bucket).await.len() < 2 {
+    while bucket_keys(&s3, &bucket, "nar/").await.len() < 2 {
         assert!(started.elapsed().as_secs() < 30, "NARs never stored in S3");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -198,7 +108,7 @@ async fn on_s3_and(test: &str, db_var: &str) {
         .await
         .unwrap();
     assert!(got == nar);
-    assert_eq!(nar_keys(&s3, &bucket).await.len(), 3);
+    assert_eq!(bucket_keys(&s3, &bucket, "nar/").await.len(), 3);
 
     // Deleting the uploaded NAR takes its narinfo along.
     let r = client
@@ -214,10 +124,10 @@ async fn on_s3_and(test: &str, db_var: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(nar_keys(&s3, &bucket).await.len(), 2);
+    assert_eq!(bucket_keys(&s3, &bucket, "nar/").await.len(), 2);
 
     // gc down to 100 kB: both go (each alone is over).
-    let (code, out) = run_cli(&[
+    let (code, out) = cli(&[
         "--json",
         "gc",
         "--max-size",
@@ -229,7 +139,7 @@ async fn on_s3_and(test: &str, db_var: &str) {
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["bytesBefore"], 500_000, "{report}");
     assert_eq!(report["evicted"].as_array().unwrap().len(), 2, "{report}");
-    assert!(nar_keys(&s3, &bucket).await.is_empty());
+    assert!(bucket_keys(&s3, &bucket, "nar/").await.is_empty());
 
     // Fetched again from the upstream, into the bucket.
     for url in &nar_urls {
@@ -256,13 +166,13 @@ async fn on_s3_and(test: &str, db_var: &str) {
     assert_eq!(upstream.hits(&a.nar_path()), 2);
     assert_eq!(upstream.hits(&b.nar_path()), 2);
     let started = std::time::Instant::now();
-    while nar_keys(&s3, &bucket).await.len() < 2 {
+    while bucket_keys(&s3, &bucket, "nar/").await.len() < 2 {
         assert!(started.elapsed().as_secs() < 30, "NARs never stored again");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
     // fsck on S3: a NAR deleted behind the cache's back, and an orphan.
-    let keys = nar_keys(&s3, &bucket).await;
+    let keys = bucket_keys(&s3, &bucket, "nar/").await;
     s3.delete_object()
         .bucket(&bucket)
         .key(&keys[0])
@@ -276,15 +186,15 @@ async fn on_s3_and(test: &str, db_var: &str) {
         .send()
         .await
         .unwrap();
-    let (code, out) = run_cli(&["--json", "fsck", "--verify-content", "--repair"]);
+    let (code, out) = cli(&["--json", "fsck", "--verify-content", "--repair"]);
     assert_eq!(code, 4, "problems found and repaired");
     assert!(
         out.contains("missing-nar") && out.contains("orphan"),
         "{out}"
     );
-    let (code, _) = run_cli(&["fsck", "--verify-content"]);
+    let (code, _) = cli(&["fsck", "--verify-content"]);
     assert_eq!(code, 0);
-    let (code, out) = run_cli(&["--json", "stats"]);
+    let (code, out) = cli(&["--json", "stats"]);
     assert_eq!(code, 0);
     let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(stats["storedNars"], 1, "{stats}");

@@ -47,6 +47,8 @@ mod copy;
 mod key;
 #[cfg(feature = "local")]
 mod local;
+#[cfg(feature = "local")]
+mod mapped;
 #[cfg(feature = "s3")]
 mod s3;
 

@@ -1,23 +1,24 @@
 //! `LocalStorage`: objects as files under a root directory.
 
-use std::io;
+use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use ncps_core::{ByteStream, Error, Incomplete, Result, Storage, StoredObject};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use crate::ObjectInfo;
+use crate::{ObjectInfo, mapped};
 
 /// Name of the directory under the root where `put` writes before renaming.
 const TMP_DIR: &str = ".tmp";
 
-/// Buffer size of the streams `get` returns: large enough that a fast
-/// client costs few reads (each is a hop to tokio's blocking pool), small
-/// enough that hundreds of concurrent downloads stay within the memory budget.
+/// Buffer size of the streams `get` returns for objects too small to map
+/// (see [`mapped`]): large enough that a fast client costs few reads (each
+/// is a hop to tokio's blocking pool), small enough that hundreds of
+/// concurrent downloads stay within the memory budget.
 const READ_BUFFER: usize = 256 * 1024;
 
 /// Distinguishes temporary files written by one process.
@@ -27,7 +28,10 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// `<root>/nar/x.nar.xz`.
 ///
 /// `put` writes to a temporary file under `<root>/.tmp`, syncs it, and renames
-/// it into place, so readers see either the old object or the whole new one.
+/// it into place, so readers see either the old object or the whole new one;
+/// `delete` unlinks. A stored file is never truncated or rewritten in place,
+/// which is what makes serving large ones from memory maps sound (see
+/// [`mapped`]).
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
@@ -36,23 +40,50 @@ pub struct LocalStorage {
 
 /// An open stored file and its size.
 struct OpenFile {
-    file: tokio::fs::File,
+    file: std::fs::File,
     size: u64,
+}
+
+impl OpenFile {
+    /// The bytes from `offset` on, at most `len` of them: slices of a memory
+    /// map when there are at least [`mapped::MAP_THRESHOLD`], else read in
+    /// chunks through tokio's blocking pool.
+    fn body(self, offset: u64, len: u64) -> io::Result<ByteStream> {
+        let start = offset.min(self.size);
+        let end = start.saturating_add(len).min(self.size);
+        if end - start >= mapped::MAP_THRESHOLD {
+            return Ok(mapped::stream(self.file, start, end));
+        }
+        let mut file = self.file;
+        if start > 0 {
+            file.seek(io::SeekFrom::Start(start))?;
+        }
+        let file = tokio::fs::File::from_std(file).take(end - start);
+        // No larger than what is read: each chunk keeps its whole buffer
+        // alive until it is sent, and a 256 KiB block per small hit left
+        // malloc's arenas fragmented and growing (the soak test).
+        let capacity =
+            usize::try_from(end - start).map_or(READ_BUFFER, |n| n.clamp(1, READ_BUFFER));
+        Ok(Box::pin(ReaderStream::with_capacity(file, capacity)))
+    }
 }
 
 impl LocalStorage {
     /// Opens the file of `key`; `None` if there is none (or it is not a file).
     async fn open(&self, key: &str) -> Result<Option<OpenFile>> {
         let path = self.path_for(key)?;
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            let metadata = file.metadata()?;
+            Ok::<_, io::Error>((file, metadata))
+        })
+        .await
+        .map_err(|e| Error::backend(format!("opening {key}"), e))?;
+        let (file, metadata) = match opened {
+            Ok(opened) => opened,
             Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(Error::backend(format!("opening {key}"), e)),
         };
-        let metadata = file
-            .metadata()
-            .await
-            .map_err(|e| Error::backend(format!("reading metadata of {key}"), e))?;
         if !metadata.is_file() {
             return Ok(None);
         }
@@ -231,28 +262,18 @@ impl Storage for LocalStorage {
     }
 
     async fn get(&self, key: &str) -> Result<Option<StoredObject>> {
-        Ok(self.open(key).await?.map(|object| StoredObject {
-            size: object.size,
-            body: Box::pin(ReaderStream::with_capacity(object.file, READ_BUFFER)),
-        }))
+        self.get_range(key, 0, u64::MAX).await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<StoredObject>> {
-        let Some(mut object) = self.open(key).await? else {
+        let Some(object) = self.open(key).await? else {
             return Ok(None);
         };
-        object
-            .file
-            .seek(io::SeekFrom::Start(offset.min(object.size)))
-            .await
-            .map_err(|e| Error::backend(format!("seeking in {key}"), e))?;
-        Ok(Some(StoredObject {
-            size: object.size,
-            body: Box::pin(ReaderStream::with_capacity(
-                object.file.take(len),
-                READ_BUFFER,
-            )),
-        }))
+        let size = object.size;
+        let body = object
+            .body(offset, len)
+            .map_err(|e| Error::backend(format!("reading {key}"), e))?;
+        Ok(Some(StoredObject { size, body }))
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {

@@ -1,5 +1,6 @@
-//! Helpers of the database server tests: where the servers are, and fresh
-//! databases with unique names so runs never share state.
+//! Helpers of the database tests: where the servers are, fresh databases
+//! with unique names so runs never share state, and the checks every
+//! backend's migration tests share.
 //!
 //! The servers come from environment variables (`.ci/services.sh` starts
 //! throwaway ones and sets them). A missing variable skips the test with a
@@ -9,6 +10,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use ncps_core::{Error, MetadataDb, NarRecord, NarStorage};
 
 /// Whether missing services fail tests instead of skipping them.
 pub fn require_all() -> bool {
@@ -137,4 +140,60 @@ pub async fn drop_mysql(server: &str, url: &str) {
 pub fn database_name(url: &str) -> String {
     let parsed = url::Url::parse(url).expect("test database URL");
     parsed.path().trim_start_matches('/').to_string()
+}
+
+/// Checks a database migrated from one left by a build with only migration
+/// 1, holding the NAR `old.nar.xz`: `versions` (the recorded migrations)
+/// are both, the NAR is marked as not known to be in storage, and the pins
+/// of migration 2 work.
+pub async fn assert_migrated_from_v1(db: &dyn MetadataDb, versions: Vec<i64>) {
+    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(
+        db.get_nar_storage("old.nar.xz")
+            .await
+            .expect("get_nar_storage"),
+        Some(NarStorage::Unknown)
+    );
+    assert!(
+        db.add_pin("0c3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc", 4)
+            .await
+            .expect("add_pin")
+    );
+}
+
+/// Checks that a second connection made by `connect` finds the NAR record
+/// the first one wrote, and that `migrations` (the recorded migrations,
+/// with their times) are the same after it: nothing was migrated again.
+pub async fn assert_reconnecting_keeps_data<D: MetadataDb>(
+    connect: impl AsyncFn() -> D,
+    migrations: impl AsyncFn() -> Vec<(i64, i64)>,
+) {
+    let record = NarRecord {
+        file: "abc.nar.zst".to_string(),
+        compression: "zstd".to_string(),
+        file_hash: None,
+        file_size: Some(42),
+        nar_hash: "sha256:xyz".to_string(),
+        nar_size: 100,
+        upstream_url: None,
+        last_accessed_at: 7,
+    };
+    connect().await.put_nar(&record).await.expect("put_nar");
+    let before = migrations().await;
+    let db = connect().await;
+    assert_eq!(
+        db.get_nar("abc.nar.zst").await.expect("get_nar"),
+        Some(record)
+    );
+    assert_eq!(migrations().await, before, "migrations re-run");
+}
+
+/// Checks the error of connecting to a server that is down with the
+/// password `hunter2`: unavailable (retry later), naming the URL as `shown`,
+/// its password hidden.
+pub fn assert_down_hiding_the_password(e: Error, shown: &str) {
+    let message = e.to_string();
+    assert!(matches!(e, Error::Unavailable(_)), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(message.contains(shown), "{message}");
 }

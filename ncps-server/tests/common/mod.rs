@@ -1094,6 +1094,11 @@ pub async fn fresh_database(server: &str) -> String {
 
 /// The `ncps-cli` binary of this build, built if needed: it is another
 /// package's binary, so cargo does not build it for these tests.
+///
+/// It is built as `cargo test --workspace` builds it (for ncps-cli's own
+/// `cli` test), so it shares this build's dependencies: `cargo build -p
+/// ncps-cli` would pick other features and rebuild half the dependency
+/// stack, minutes and a gigabyte of disk.
 pub fn cli_binary() -> &'static Path {
     static CLI: OnceLock<PathBuf> = OnceLock::new();
     CLI.get_or_init(|| {
@@ -1101,11 +1106,19 @@ pub fn cli_binary() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "ncps-cli", "--manifest-path"])
+            .args([
+                "test",
+                "--workspace",
+                "--no-run",
+                "--quiet",
+                "--test",
+                "cli",
+            ])
+            .arg("--manifest-path")
             .arg(&manifest)
             .status()
-            .expect("running cargo build -p ncps-cli");
-        assert!(status.success(), "cargo build -p ncps-cli failed");
+            .expect("running cargo test --no-run for ncps-cli");
+        assert!(status.success(), "building ncps-cli failed");
         let cli = server.with_file_name("ncps-cli");
         assert!(cli.is_file(), "{} is missing", cli.display());
         cli
@@ -1427,6 +1440,17 @@ impl Drop for Proxy {
 // ---------------------------------------------------------------------------
 
 /// A reqwest client with a 30 s overall timeout.
+/// The proxy's URL of the NAR of the store path hash `hash`, read from its
+/// narinfo there (which must answer 200).
+pub async fn proxy_nar_url(client: &reqwest::Client, proxy_url: &str, hash: &str) -> String {
+    let url = format!("{proxy_url}/{hash}.narinfo");
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {url}");
+    let text = response.text().await.unwrap();
+    let nar = narinfo_field(&text, "URL").expect("the narinfo has a URL");
+    format!("{proxy_url}/{nar}")
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
