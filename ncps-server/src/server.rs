@@ -69,7 +69,8 @@ pub fn drain_timeout() -> Duration {
 /// up to a minute later or never.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds `addr` for [`serve`], with a deep accept queue ([`LISTEN_BACKLOG`]).
+/// Binds `addr` for [`serve`], with a deep accept queue (4096 connections,
+/// capped by the kernel at `net.core.somaxconn`).
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

@@ -30,8 +30,8 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// `put` writes to a temporary file under `<root>/.tmp`, syncs it, and renames
 /// it into place, so readers see either the old object or the whole new one;
 /// `delete` unlinks. A stored file is never truncated or rewritten in place,
-/// which is what makes serving large ones from memory maps sound (see
-/// [`mapped`]).
+/// which is what makes serving large ones from memory maps sound: nothing
+/// else may truncate or rewrite files under the root.
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
