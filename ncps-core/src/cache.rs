@@ -555,8 +555,12 @@ impl Cache {
             return Ok(Some(body));
         }
         self.inner.metrics.cache_miss(Kind::Nar);
-        let Some(record) = self.inner.db.get_nar(file.as_str()).await? else {
-            return Ok(None);
+        let record = match self.inner.db.get_nar(file.as_str()).await? {
+            Some(record) => record,
+            None => match self.renew_evicted(file).await? {
+                Some(record) => record,
+                None => return Ok(None),
+            },
         };
         let Some(upstream_url) = &record.upstream_url else {
             return Ok(None);
@@ -785,6 +789,23 @@ impl Cache {
         self.inner.downloads.close();
         self.inner.downloads.wait().await;
         self.inner.downloads.reopen();
+    }
+
+    /// The record of a NAR the database no longer knows but a hot narinfo
+    /// still names: another process (`ncps-cli gc`, another instance) evicted
+    /// it while this one served its narinfo from memory. The narinfo is
+    /// fetched again from the upstreams, which records the NAR again.
+    async fn renew_evicted(&self, file: &NarFile) -> Result<Option<NarRecord>> {
+        let Some(hash) = self.inner.hot.hash_naming(file.as_str()) else {
+            return Ok(None);
+        };
+        self.inner.hot.remove(&hash);
+        let Ok(hash) = hash.parse::<StorePathHash>() else {
+            return Ok(None);
+        };
+        tracing::info!(%file, "NAR evicted elsewhere while its narinfo was hot; fetching the narinfo again");
+        self.narinfo(&hash).await?;
+        self.inner.db.get_nar(file.as_str()).await
     }
 
     /// The size of a NAR in storage, after any download of it in flight;

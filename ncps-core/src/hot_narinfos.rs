@@ -64,6 +64,16 @@ impl HotNarinfos {
         }
     }
 
+    /// The store path hash of a hot narinfo naming `nar_file`, if any. A
+    /// scan, for the rare NAR the database no longer knows.
+    pub(crate) fn hash_naming(&self, nar_file: &str) -> Option<String> {
+        let cache = self.0.as_ref()?;
+        cache
+            .iter()
+            .find(|(_, hot)| &*hot.nar_file == nar_file)
+            .map(|(hash, _)| hash)
+    }
+
     /// Forgets the narinfo of `hash` (it was deleted or evicted).
     pub(crate) fn remove(&self, hash: &str) {
         if let Some(cache) = &self.0 {
@@ -81,6 +91,8 @@ mod tests {
         let hot = HotNarinfos::new(10);
         hot.insert("a", "StorePath: a", "a.nar");
         assert_eq!(&*hot.get("a").unwrap().narinfo, "StorePath: a");
+        assert_eq!(hot.hash_naming("a.nar").as_deref(), Some("a"));
+        assert_eq!(hot.hash_naming("b.nar"), None);
         hot.remove("a");
         assert!(hot.get("a").is_none());
         for i in 0..100 {

@@ -368,3 +368,44 @@ async fn hot_narinfos_come_from_memory_until_deleted_here() {
     assert!(s.cache.delete_narinfo(&g.hash()).await.unwrap());
     assert_eq!(s.cache.narinfo(&g.hash()).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_nar_evicted_by_another_process_while_its_narinfo_is_hot_is_fetched_again() {
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("hot-evicted", 50_000, &key);
+    f.publish(&upstream, &f.nar);
+    let s = setup(&[(&upstream, &key, None)]);
+    let file = NarFile::for_narinfo(&f.info).unwrap();
+    // Stored, and its narinfo hot (the second request reads the database).
+    s.cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    s.cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    let body = s.cache.nar(&file).await.unwrap().unwrap().body;
+    assert_eq!(read_all(body).await.unwrap(), f.nar);
+    let mut stored = false;
+    for _ in 0..200 {
+        stored = s.storage.head(&file.storage_key()).await.unwrap().is_some();
+        if stored {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(stored, "the NAR was never stored");
+
+    // Another process (`ncps-cli gc`) evicts it: records and object.
+    assert!(s.db.delete_narinfo(f.hash().as_str()).await.unwrap());
+    s.db.delete_nar(file.as_str()).await.unwrap();
+    s.storage.delete(&file.storage_key()).await.unwrap();
+
+    // This one still serves the narinfo from memory, and then its NAR.
+    s.cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    let body = s
+        .cache
+        .nar(&file)
+        .await
+        .unwrap()
+        .expect("the NAR of a hot narinfo answered 404 after an eviction elsewhere");
+    assert_eq!(read_all(body.body).await.unwrap(), f.nar);
+    assert_eq!(upstream.hits(&format!("/{}.narinfo", f.hash())), 2);
+    assert_eq!(upstream.hits(&f.nar_path()), 2);
+}
