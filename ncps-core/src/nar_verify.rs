@@ -106,7 +106,8 @@ impl AsyncWrite for NarSink {
     }
 }
 
-fn invalid(message: String) -> io::Error {
+/// A NAR that fails its checks, as the I/O error the streams carry.
+pub(crate) fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 

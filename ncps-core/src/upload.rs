@@ -22,6 +22,7 @@ use crate::access_log::counter;
 use crate::cache::now;
 use crate::hash::HashingCounter;
 use crate::nar_file::NarFile;
+use crate::nar_verify::invalid;
 use crate::{
     ByteStream, Cache, Error, NarBody, NarInfo, NarInfoRecord, NarRecord, NarStorage, NixHash,
     PublicKey, Result, StorePathHash,
@@ -373,10 +374,6 @@ impl AsyncWrite for NarSink {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
-}
-
-fn invalid(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 struct Measuring {
