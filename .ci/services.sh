@@ -3,7 +3,9 @@
 # (`source .ci/services.sh`) so the exports reach the caller; running it as a
 # script only checks that both servers start. `ncps_db_services_stop` stops them.
 # Also exported: NCPS_TEST_POSTGRES_SOCKET_DIR and NCPS_TEST_MYSQL_SOCKET, where
-# the same servers listen on Unix sockets.
+# the same servers listen on Unix sockets, and NCPS_TEST_DB_TLS_CA, the PEM file
+# of the throwaway CA that signed both servers' certificate (for 127.0.0.1 and
+# localhost): both also talk TLS on their port, plain connections still work.
 #
 # Every run starts from empty data directories: servers an earlier run left
 # (found by their pid files) are stopped first. Works as root (the servers run
@@ -62,6 +64,25 @@ ncps_db_services_stop() {
     rm -f "$base/mysql.pid"
 }
 
+# Makes a throwaway CA and a server certificate for IP:127.0.0.1 and
+# DNS:localhost in dir (ca.crt, server.crt, server.key), as .ci/redis.sh does.
+ncps_db_make_certs() {
+    local tls="$1"
+    rm -rf "$tls"
+    mkdir -p "$tls"
+    chmod 755 "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ncps db test CA" \
+        -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null &&
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+            -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null &&
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' \
+            >"$tls/ext.cnf" &&
+        openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+            -CAcreateserial -days 2 -extfile "$tls/ext.cnf" -out "$tls/server.crt" 2>/dev/null ||
+        { echo "services.sh: openssl could not make the test certificates" >&2; return 1; }
+    chmod 644 "$tls/ca.crt" "$tls/server.crt"
+}
+
 ncps_db_services_start() {
     local base pg_port my_port pg_bin pg_dir my_dir sudo=""
     base="$(ncps_db_services_dir)"
@@ -96,12 +117,17 @@ ncps_db_services_start() {
         chown postgres:postgres "$pg_dir"
         chown mysql:mysql "$my_dir"
     fi
+    ncps_db_make_certs "$base/tls" || return 1
 
     # PostgreSQL: trust auth on loopback, no fsync; pg_ctl -w returns once it accepts connections.
     ncps_db_as postgres "$pg_bin/initdb" -D "$pg_dir" -U postgres --auth=trust -E UTF8 >"$base/pg-initdb.log" 2>&1 ||
         { cat "$base/pg-initdb.log" >&2; return 1; }
+    # TLS: the key must belong to the server's user, readable by it alone.
+    cp "$base/tls/server.crt" "$base/tls/server.key" "$pg_dir/"
+    chmod 600 "$pg_dir/server.key"
+    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$pg_dir/server.crt" "$pg_dir/server.key"; fi
     ncps_db_as postgres "$pg_bin/pg_ctl" -D "$pg_dir" -l "$pg_dir/log" -w -t 60 \
-        -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null ||
+        -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 -c ssl=on -c ssl_cert_file=$pg_dir/server.crt -c ssl_key_file=$pg_dir/server.key" start >/dev/null ||
         { cat "$pg_dir/log" >&2; return 1; }
 
     # MariaDB: setsid so it outlives this shell; its output goes to a log, not the caller's pipes.
@@ -109,9 +135,13 @@ ncps_db_services_start() {
     if [ "$(id -u)" = 0 ]; then user_opt=(--user=mysql); fi
     mariadb-install-db "${user_opt[@]}" --datadir="$my_dir" --skip-test-db >"$base/mysql-install.log" 2>&1 ||
         { cat "$base/mysql-install.log" >&2; return 1; }
+    cp "$base/tls/server.crt" "$base/tls/server.key" "$base/tls/ca.crt" "$my_dir/"
+    chmod 600 "$my_dir/server.key"
+    if [ "$(id -u)" = 0 ]; then chown mysql:mysql "$my_dir/server.crt" "$my_dir/server.key" "$my_dir/ca.crt"; fi
     setsid mariadbd --no-defaults "${user_opt[@]}" --datadir="$my_dir" --socket="$my_dir/sock" \
         --port="$my_port" --bind-address=127.0.0.1 --pid-file="$my_dir/pid" \
         --max-connections=300 --innodb-flush-log-at-trx-commit=0 \
+        --ssl-cert="$my_dir/server.crt" --ssl-key="$my_dir/server.key" --ssl-ca="$my_dir/ca.crt" \
         >"$base/mysql.log" 2>&1 </dev/null &
     echo $! >"$base/mysql.pid"
     local ready=""
@@ -127,12 +157,13 @@ ncps_db_services_start() {
         cat "$base/mysql.log" >&2
         return 1
     fi
-    # The tests create a database of their own per run, so the user may create any.
+    # The tests create a database of their own per run, so the user may create
+    # any; and users of them (the TLS tests), so it may grant.
     mariadb --socket="$my_dir/sock" -u "$(id -un)" -e "
         CREATE USER 'ncps'@'127.0.0.1' IDENTIFIED BY 'ncps-test';
-        GRANT ALL PRIVILEGES ON *.* TO 'ncps'@'127.0.0.1';
+        GRANT ALL PRIVILEGES ON *.* TO 'ncps'@'127.0.0.1' WITH GRANT OPTION;
         CREATE USER 'ncps'@'localhost' IDENTIFIED BY 'ncps-test';
-        GRANT ALL PRIVILEGES ON *.* TO 'ncps'@'localhost';
+        GRANT ALL PRIVILEGES ON *.* TO 'ncps'@'localhost' WITH GRANT OPTION;
         CREATE DATABASE ncps CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
 
     export NCPS_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
@@ -140,6 +171,7 @@ ncps_db_services_start() {
     # Where the same servers listen on Unix sockets, for the socket URL forms.
     export NCPS_TEST_POSTGRES_SOCKET_DIR="$pg_dir"
     export NCPS_TEST_MYSQL_SOCKET="$my_dir/sock"
+    export NCPS_TEST_DB_TLS_CA="$base/tls/ca.crt"
     echo "services.sh: PostgreSQL on $NCPS_TEST_POSTGRES_URL, MariaDB (pid $(cat "$base/mysql.pid")) on mysql://ncps:***@127.0.0.1:$my_port/ncps"
 }
 

@@ -10,6 +10,10 @@
 //! - (c) every NAR downloaded over 4 connections;
 //! - (d) a cold pass (narinfo + NAR of every path) through an empty proxy,
 //!   against the same pass straight from the upstream;
+//! - (d') the same cold pass with a client that checks every NAR's hash, as
+//!   Nix does, both through the proxy and straight from the upstream (not a
+//!   target of its own: what a Nix client sees when the proxy's own check
+//!   runs beside the client's);
 //!
 //! and prints each median, the ratio ncps-server / nginx, the server's peak
 //! RSS, and how many upstream fetches 200 concurrent clients asking for one
@@ -130,18 +134,24 @@ async fn main() {
     // (d) cold passes, each through a fresh proxy, against the upstream directly.
     let mut cold = Vec::new();
     let mut direct = Vec::new();
+    let (mut cold_checked, mut direct_checked) = (Vec::new(), Vec::new());
     let mut cold_rss = 0;
     for round in 0..args.rounds {
-        direct.push(client::pass(&nginx.url, &cache, false).await);
-        let fresh = Proxy::start(
-            &args.server,
-            work.path(),
-            &format!("cold-{round}"),
-            &nginx.url,
-            &cache.public_key,
-        );
-        cold.push(client::pass(&fresh.url, &cache, false).await);
-        cold_rss = cold_rss.max(fresh.peak_rss_kib());
+        for (verify, cold, direct) in [
+            (false, &mut cold, &mut direct),
+            (true, &mut cold_checked, &mut direct_checked),
+        ] {
+            direct.push(client::pass(&nginx.url, &cache, verify).await);
+            let fresh = Proxy::start(
+                &args.server,
+                work.path(),
+                &format!("cold-{round}-{verify}"),
+                &nginx.url,
+                &cache.public_key,
+            );
+            cold.push(client::pass(&fresh.url, &cache, verify).await);
+            cold_rss = cold_rss.max(fresh.peak_rss_kib());
+        }
     }
 
     // 200 clients at once asking one uncached NAR of a fresh proxy.
@@ -189,6 +199,12 @@ async fn main() {
         "(d) cold pass via empty proxy vs direct",
         median(cold),
         median(direct),
+        1.15,
+    );
+    report(
+        "(d') the same, the client checking NarHash",
+        median(cold_checked),
+        median(direct_checked),
         1.15,
     );
     println!(

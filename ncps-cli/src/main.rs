@@ -77,6 +77,7 @@ enum Command {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    let json = cli.json;
     match cli.command {
         Command::GenerateKey {
             name,
@@ -117,7 +118,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Migrate { database_url } => db::migrate(&database_url),
         Command::Db { command } => db::run(command),
-        Command::Storage { command } => storage::run(command),
+        Command::Storage { command } => storage::run(command, json),
         Command::Admin(_) => unreachable!("admin commands are run by main"),
     }
 }

@@ -1,10 +1,15 @@
 //! `ncps-cli storage copy`: moves every NAR of a cache between a local
 //! directory and an S3 bucket (either way, or bucket to bucket), resumably:
 //! NARs already in the target with the same size are skipped.
+//! `ncps-cli storage abort-uploads`: aborts the multipart uploads a killed
+//! process left in a bucket.
+
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use ncps_core::Storage;
-use ncps_store::{CopyOutcome, LocalStorage, ObjectInfo, S3Config, S3Storage};
+use ncps_store::{CopyOutcome, LocalStorage, ObjectInfo, S3Config, S3Proxy, S3Storage};
+use serde_json::json;
 
 /// The key prefix the cache keeps NARs under.
 const NARS: &str = "nar";
@@ -26,6 +31,27 @@ pub enum StorageCommand {
         /// NARs copied at once.
         #[arg(long, default_value_t = 4)]
         jobs: usize,
+        /// How to reach S3 (for `s3://` locations).
+        #[command(flatten)]
+        s3: S3Options,
+    },
+    /// Aborts the unfinished multipart uploads under a bucket's key prefix
+    /// (in a directory: removes dead processes' temporary files) that
+    /// started at least `--older-than` ago: what a process killed
+    /// mid-upload leaves, whose parts S3 bills until aborted. The server
+    /// does this too, for uploads over a day old.
+    AbortUploads {
+        /// The storage: `s3://bucket[/prefix]` or a directory.
+        #[arg(long)]
+        at: String,
+        /// Only uploads started at least this long ago (`30m`, `24h`); keep
+        /// it far longer than any upload takes, as a running server's
+        /// uploads in progress look the same.
+        #[arg(long, default_value = "24h", value_parser = ncps_server::options::parse_duration)]
+        older_than: Duration,
+        /// Only list what would be aborted.
+        #[arg(long)]
+        dry_run: bool,
         /// How to reach S3 (for `s3://` locations).
         #[command(flatten)]
         s3: S3Options,
@@ -91,6 +117,7 @@ impl Location {
             access_key_id: s3.access_key_id.clone(),
             secret_access_key: s3.secret_access_key.clone(),
             prefix,
+            proxy: S3Proxy::from_env(),
         };
         let storage = S3Storage::new(config)
             .await
@@ -114,12 +141,84 @@ impl Location {
     }
 }
 
-/// Runs a `storage` subcommand.
-pub fn run(command: StorageCommand) -> Result<(), String> {
-    let StorageCommand::Copy { from, to, jobs, s3 } = command;
+/// Runs a `storage` subcommand; `json` prints JSON for scripts.
+pub fn run(command: StorageCommand, json: bool) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(copy(&from, &to, jobs, &s3))
+    match command {
+        StorageCommand::Copy { from, to, jobs, s3 } => {
+            runtime.block_on(copy(&from, &to, jobs, &s3))
+        }
+        StorageCommand::AbortUploads {
+            at,
+            older_than,
+            dry_run,
+            s3,
+        } => runtime.block_on(abort_uploads(&at, older_than, dry_run, json, &s3)),
+    }
+}
+
+async fn abort_uploads(
+    at: &str,
+    older_than: Duration,
+    dry_run: bool,
+    json: bool,
+    s3: &S3Options,
+) -> Result<(), String> {
+    let location = Location::open(at, s3).await?;
+    let report = ncps_store::discard_incomplete(location.storage(), older_than, dry_run)
+        .await
+        .map_err(|e| format!("{at}: {e}"))?;
+    let describe = |i: &ncps_core::Incomplete| {
+        json!({
+            "key": i.key,
+            "id": i.id,
+            "age_secs": i.age.map(|a| a.as_secs()),
+        })
+    };
+    if json {
+        let value = json!({
+            "dry_run": dry_run,
+            "older_than_secs": older_than.as_secs(),
+            "aborted": report.discarded.iter().map(describe).collect::<Vec<_>>(),
+            "kept": report.kept.len(),
+            "failed": report.failed.iter().map(|(i, e)| {
+                let mut value = describe(i);
+                value["error"] = json!(e.to_string());
+                value
+            }).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        let verb = if dry_run { "would abort" } else { "aborted" };
+        for i in &report.discarded {
+            let what = i.key.as_deref().unwrap_or(&i.id);
+            match i.age {
+                Some(age) => println!("{verb} {what} (started {}s ago)", age.as_secs()),
+                None => println!("{verb} {what}"),
+            }
+        }
+        for (i, e) in &report.failed {
+            eprintln!("failed {}: {e}", i.key.as_deref().unwrap_or(&i.id));
+        }
+        println!(
+            "{verb} {} unfinished uploads in {at}, kept {} younger than {}s, {} failed",
+            report.discarded.len(),
+            report.kept.len(),
+            older_than.as_secs(),
+            report.failed.len()
+        );
+    }
+    if !report.failed.is_empty() {
+        return Err(format!(
+            "{} unfinished uploads could not be aborted; run again to retry them",
+            report.failed.len()
+        ));
+    }
+    Ok(())
 }
 
 async fn copy(from: &str, to: &str, jobs: usize, s3: &S3Options) -> Result<(), String> {

@@ -5,6 +5,8 @@
 use ncps_core::testkit::service;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::Client;
@@ -22,6 +24,15 @@ fn new_bucket(endpoint: &str) -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let bucket = format!("ncps-cli-copy-{}-{nanos}", std::process::id());
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(s3_client(endpoint).create_bucket().bucket(&bucket).send())
+        .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e:?}"));
+    bucket
+}
+
+/// A plain SDK client for `endpoint`, to set up and inspect buckets.
+fn s3_client(endpoint: &str) -> Client {
     let http_client = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .build_https();
@@ -33,12 +44,7 @@ fn new_bucket(endpoint: &str) -> String {
         .force_path_style(true)
         .credentials_provider(Credentials::new("test", SECRET, None, None, "test"))
         .build();
-    let client = Client::from_conf(config);
-    tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(client.create_bucket().bucket(&bucket).send())
-        .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e:?}"));
-    bucket
+    Client::from_conf(config)
 }
 
 /// `ncps-cli storage copy --from from --to to` with S3 options for `endpoint`.
@@ -134,6 +140,96 @@ fn a_missing_bucket_fails_naming_it() {
     assert!(stderr.contains("ncps-cli-no-such-bucket"), "{stderr}");
     assert!(stderr.contains(&endpoint), "{stderr}");
     assert!(!stderr.contains(SECRET), "{stderr}");
+}
+
+/// `ncps-cli --json storage abort-uploads --at at --older-than older_than`
+/// with S3 options for `endpoint` and the environment `env`.
+fn abort_uploads(endpoint: &str, at: &str, older_than: &str, env: &[(&str, &str)]) -> Output {
+    Command::new(CLI)
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("CACHE_STORAGE_S3_SECRET_ACCESS_KEY", SECRET)
+        .args(["--json", "storage", "abort-uploads", "--at", at])
+        .args(["--older-than", older_than])
+        .args(["--cache-storage-s3-endpoint", endpoint])
+        .args(["--cache-storage-s3-force-path-style"])
+        .args(["--cache-storage-s3-region", "us-east-1"])
+        .args(["--cache-storage-s3-access-key-id", "test"])
+        .output()
+        .expect("running ncps-cli")
+}
+
+/// A listener that closes every connection at once, as a proxy that lets
+/// nothing through; returns its URL and how many connections it took.
+fn refusing_proxy() -> (String, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let taken = Arc::new(AtomicUsize::new(0));
+    let counter = taken.clone();
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(connection);
+        }
+    });
+    (url, taken)
+}
+
+#[test]
+fn aborts_a_killed_processs_uploads_through_the_environments_proxy() {
+    let Some(endpoint) = s3_endpoint("aborts_a_killed_processs_uploads") else {
+        return;
+    };
+    let bucket = new_bucket(&endpoint);
+    let client = s3_client(&endpoint);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let uploads = || {
+        runtime
+            .block_on(client.list_multipart_uploads().bucket(&bucket).send())
+            .expect("ListMultipartUploads")
+            .uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    // A process killed mid-upload, and another cache's upload in the bucket.
+    for key in ["cache-a/nar/killed.nar", "cache-b/nar/other.nar"] {
+        runtime
+            .block_on(
+                client
+                    .create_multipart_upload()
+                    .bucket(&bucket)
+                    .key(key)
+                    .send(),
+            )
+            .expect("CreateMultipartUpload");
+    }
+    let at = format!("s3://{bucket}/cache-a");
+    let json = |output: &Output| -> serde_json::Value {
+        serde_json::from_str(&succeeded(output)).expect("JSON output")
+    };
+
+    // moto dates every upload 2010-11-10 (ListMultipartUploads' Initiated):
+    // only an age above that leaves it alone.
+    let kept = json(&abort_uploads(&endpoint, &at, "100y", &[]));
+    assert_eq!(kept["aborted"], serde_json::json!([]), "{kept}");
+    assert_eq!(kept["kept"], 1, "{kept}");
+    assert_eq!(uploads().len(), 2);
+
+    // HTTP_PROXY is honoured: every request goes to the proxy, which lets
+    // nothing through...
+    let (proxy, taken) = refusing_proxy();
+    let output = abort_uploads(&endpoint, &at, "0s", &[("HTTP_PROXY", &proxy)]);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(taken.load(Ordering::SeqCst) > 0);
+    assert_eq!(uploads().len(), 2);
+    // ... unless NO_PROXY names the endpoint's host.
+    let before = taken.load(Ordering::SeqCst);
+    let env = [("http_proxy", proxy.as_str()), ("no_proxy", "127.0.0.1")];
+    let done = json(&abort_uploads(&endpoint, &at, "0s", &env));
+    assert_eq!(taken.load(Ordering::SeqCst), before);
+    assert_eq!(done["aborted"][0]["key"], "nar/killed.nar", "{done}");
+    assert_eq!(uploads(), vec!["cache-b/nar/other.nar".to_string()]);
 }
 
 /// The S3 endpoint under test, or `None` after a loud skip.

@@ -59,6 +59,13 @@ pub struct CacheOptions {
     /// The token reads need (`--cache-get-token`), sent to peers when
     /// streaming a NAR from them.
     pub peer_token: Option<String>,
+    /// How old an unfinished write of a known key must be before
+    /// [`Cache::clean_incomplete`] throws it away. Its free download lock
+    /// already says no instance of this cache is writing it; the age also
+    /// spares writers that take no lock (`ncps-cli storage copy` into the
+    /// same bucket, a download that outlived its lock), so it must be far
+    /// longer than any upload takes.
+    pub incomplete_min_age: Duration,
 }
 
 impl Default for CacheOptions {
@@ -72,6 +79,7 @@ impl Default for CacheOptions {
             temp_dir: std::env::temp_dir(),
             advertise_url: None,
             peer_token: None,
+            incomplete_min_age: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -278,13 +286,16 @@ impl Cache {
     }
 
     /// Throws away unfinished writes that no one is doing any more (what a
-    /// crashed instance left in storage): those whose download lock is free,
-    /// and those the backend knows are dead. Returns how many went.
+    /// crashed instance left in storage): those the backend knows are dead,
+    /// and those of a key whose download lock is free that started at least
+    /// [`CacheOptions::incomplete_min_age`] ago. Returns how many went.
     pub async fn clean_incomplete(&self) -> Result<usize> {
         let storage = &self.inner.storage;
+        let min_age = self.inner.options.incomplete_min_age;
         let mut discarded = 0;
         for incomplete in storage.incomplete(None).await? {
             let guard = match &incomplete.key {
+                Some(_) if !incomplete.older_than(min_age) => continue,
                 Some(key) => {
                     let lock_key = format!("download:{key}");
                     let ttl = self.inner.options.download_lock_ttl;

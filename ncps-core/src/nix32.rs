@@ -70,18 +70,18 @@ pub fn decode(s: &str, len: usize) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
+    use ring::digest::{SHA256, digest};
 
     #[test]
     fn vectors_from_nix() {
-        let empty = Sha256::digest(b"");
+        let empty = digest(&SHA256, b"");
         assert_eq!(
-            encode(&empty),
+            encode(empty.as_ref()),
             "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
         );
-        let hello = Sha256::digest(b"hello");
+        let hello = digest(&SHA256, b"hello");
         assert_eq!(
-            encode(&hello),
+            encode(hello.as_ref()),
             "094qif9n4cq4fdg459qzbhg1c6wywawwaaivx0k0x8xhbyx4vwic"
         );
     }

@@ -133,6 +133,14 @@ pub struct Incomplete {
     pub age: Option<std::time::Duration>,
 }
 
+impl Incomplete {
+    /// Whether it started at least `age` ago; when its age is unknown,
+    /// only if `age` is zero.
+    pub fn older_than(&self, age: std::time::Duration) -> bool {
+        age.is_zero() || self.age.is_some_and(|started| started >= age)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

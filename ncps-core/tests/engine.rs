@@ -409,3 +409,70 @@ async fn a_nar_evicted_by_another_process_while_its_narinfo_is_hot_is_fetched_ag
     assert_eq!(upstream.hits(&format!("/{}.narinfo", f.hash())), 2);
     assert_eq!(upstream.hits(&f.nar_path()), 2);
 }
+
+/// Storage that reports fixed unfinished writes and records which are discarded.
+#[derive(Debug)]
+struct Unfinished {
+    found: Vec<ncps_core::Incomplete>,
+    discarded: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Storage for Unfinished {
+    async fn put(&self, _: &str, _: ncps_core::ByteStream) -> ncps_core::Result<u64> {
+        Err(ncps_core::Error::InvalidInput("read-only".into()))
+    }
+    async fn get(&self, _: &str) -> ncps_core::Result<Option<ncps_core::StoredObject>> {
+        Ok(None)
+    }
+    async fn head(&self, _: &str) -> ncps_core::Result<Option<u64>> {
+        Ok(None)
+    }
+    async fn delete(&self, _: &str) -> ncps_core::Result<bool> {
+        Ok(false)
+    }
+    async fn incomplete(&self, _: Option<&str>) -> ncps_core::Result<Vec<ncps_core::Incomplete>> {
+        Ok(self.found.clone())
+    }
+    async fn discard(&self, incomplete: &ncps_core::Incomplete) -> ncps_core::Result<()> {
+        self.discarded.lock().unwrap().push(incomplete.id.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn unfinished_uploads_are_discarded_only_once_old_enough() {
+    use std::time::Duration;
+    let hour = Duration::from_secs(3600);
+    let upload = |id: &str, key: Option<&str>, age: Option<Duration>| ncps_core::Incomplete {
+        key: key.map(str::to_owned),
+        id: id.to_owned(),
+        age,
+    };
+    let storage = Arc::new(Unfinished {
+        found: vec![
+            // Perhaps another instance's, or `ncps-cli storage copy`'s, right now.
+            upload("young", Some("nar/a.nar"), Some(hour)),
+            upload("unknown-age", Some("nar/b.nar"), None),
+            upload("old", Some("nar/c.nar"), Some(25 * hour)),
+            // The backend knows its writer is dead.
+            upload("dead-writer", None, Some(Duration::ZERO)),
+        ],
+        discarded: std::sync::Mutex::new(Vec::new()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(ncps_db::SqliteDb::open(dir.path().join("db.sqlite")).unwrap());
+    let cache = Cache::new(
+        storage.clone(),
+        Arc::new(ncps_lock::LocalLock::new()),
+        db,
+        Vec::new(),
+        SigningKey::generate("proxy-1"),
+        CacheOptions::default(),
+    );
+    assert_eq!(cache.clean_incomplete().await.unwrap(), 2);
+    assert_eq!(
+        *storage.discarded.lock().unwrap(),
+        vec!["old".to_string(), "dead-writer".to_string()]
+    );
+}

@@ -108,7 +108,7 @@ fn split_host_port(hostport: &str) -> Option<(&str, Option<u16>)> {
 
 /// Percent-decodes `s`; a malformed escape stays as it is.
 #[cfg_attr(not(all(feature = "postgres", feature = "mysql")), allow(dead_code))]
-fn decode(s: &str) -> String {
+pub(crate) fn decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -32,11 +32,17 @@ mod copy;
 mod db_url;
 #[cfg(feature = "mysql")]
 mod mysql;
+#[cfg(feature = "mysql")]
+mod mysql_tls;
 mod open;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_tls;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod tls;
 mod values;
 
 pub use copy::{CopyStats, DEFAULT_BATCH, copy};

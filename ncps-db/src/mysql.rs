@@ -16,6 +16,7 @@ use ncps_core::{Error, MetadataDb, NarInfoRecord, NarRecord, Result};
 use ncps_core::{NarStorage, PinRecord, StorageUsage, StoredNar};
 
 use crate::db_url::{DbUrl, redact_url};
+use crate::mysql_tls::{self, Mode as TlsMode};
 use crate::values::{size_from_db, size_to_db, unix_now};
 
 /// The schema migrations, applied in order; each version is applied once.
@@ -94,12 +95,16 @@ impl MysqlDb {
     /// `?socket=/path/mysqld.sock` for a Unix socket, and
     /// `mysql+unix:///path/mysqld.sock/dbname`. The Go driver's `charset`,
     /// `collation`, `parseTime` and `loc` parameters are accepted and ignored
-    /// (connections always use utf8mb4); `tls=true` is refused, since this
-    /// build has no TLS. `max_conns` bounds the pool; 0 means 25,
+    /// (connections always use utf8mb4). TLS follows the Go driver's `tls`
+    /// parameter (`true`, `false` by default, `skip-verify`, `preferred`;
+    /// also `require_ssl=true`), trusting the CAs of the PEM file
+    /// `ssl-ca=<file>`, or else the system's roots (or `SSL_CERT_FILE`'s);
+    /// see the `mysql_tls` module. `max_conns` bounds the pool; 0 means 25,
     /// ncps's default.
     ///
-    /// A server that cannot be reached is [`Error::Unavailable`]; messages
-    /// show the URL with its password hidden.
+    /// A server that cannot be reached is [`Error::Unavailable`]; a
+    /// certificate it cannot be trusted by is a backend error saying so.
+    /// Messages show the URL with its password hidden.
     pub async fn connect(url: &str, max_conns: usize) -> Result<Self> {
         let max_size = if max_conns == 0 {
             DEFAULT_MAX_CONNS
@@ -107,16 +112,30 @@ impl MysqlDb {
             max_conns
         };
         let opts = parse_opts(url, max_size)?;
-        let db = MysqlDb {
+        let mut db = MysqlDb {
             pool: Pool::new(opts.clone()),
             url: redact_url(url),
         };
         // Migrate on a connection of its own, closed afterwards, so the
         // migration lock never stays with a pooled connection.
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts))
+        let mut first = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts.clone()))
             .await
-            .map_err(|_| db.timed_out("connecting"))?
-            .map_err(|e| db.error("connecting", e))?;
+            .map_err(|_| db.timed_out("connecting"))?;
+        if matches!(
+            first,
+            Err(mysql_async::Error::Driver(
+                DriverError::NoClientSslFlagFromServer
+            ))
+        ) && tls_mode(&DbUrl::parse(url)?) == Ok(TlsMode::Preferred)
+        {
+            // `tls=preferred` and a server without TLS: talk without.
+            let plain: Opts = OptsBuilder::from_opts(opts).ssl_opts(None).into();
+            db.pool = Pool::new(plain.clone());
+            first = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(plain))
+                .await
+                .map_err(|_| db.timed_out("connecting"))?;
+        }
+        let mut conn = first.map_err(|e| db.error("connecting", e))?;
         let migrated = migrate(&mut conn).await;
         let _ = conn.disconnect().await;
         migrated.map_err(|e| db.error("migrating the database", e))?;
@@ -139,10 +158,16 @@ impl MysqlDb {
         ))
     }
 
-    /// Maps a driver error: the server unreachable, shutting down, or busy
-    /// means retry later; anything else is a backend error.
+    /// Maps a driver error: a certificate not trusted is a backend error
+    /// saying so; the server unreachable, shutting down, or busy means retry
+    /// later; anything else is a backend error.
     fn error(&self, context: &str, e: mysql_async::Error) -> Error {
-        if is_unavailable(&e) {
+        if let Some(why) = crate::tls::problem(&e) {
+            Error::backend(
+                format!("{context}: database {}: TLS", self.url),
+                format!("{why} ({})", crate::tls::TRUST_HINT),
+            )
+        } else if is_unavailable(&e) {
             Error::Unavailable(format!("{context}: database {}: {e}", self.url))
         } else {
             Error::backend(context, e)
@@ -243,15 +268,10 @@ pub(crate) fn parse_opts(url: &str, max_size: usize) -> Result<Opts> {
     if db_name.is_empty() || db_name.contains('/') {
         return Err(invalid("no database name".into()));
     }
-    for (key, value) in &parsed.query {
+    for (key, _) in &parsed.query {
         match key.as_str() {
             "socket" | "charset" | "collation" | "parseTime" | "loc" => {}
-            "tls" if matches!(value.as_str(), "false" | "preferred") => {}
-            "tls" => {
-                return Err(invalid(format!(
-                    "tls={value}: TLS is not supported by this build"
-                )));
-            }
+            "tls" | "require_ssl" | "ssl-ca" => {}
             _ => tracing::warn!(
                 parameter = %key,
                 url = %redact_url(url),
@@ -259,6 +279,9 @@ pub(crate) fn parse_opts(url: &str, max_size: usize) -> Result<Opts> {
             ),
         }
     }
+    let ssl_opts = tls_mode(&parsed)
+        .and_then(|mode| mysql_tls::ssl_opts(mode, parsed.param("ssl-ca")))
+        .map_err(invalid)?;
     let constraints = PoolConstraints::new(0, max_size)
         .ok_or_else(|| invalid(format!("pool size {max_size} is not valid")))?;
     let host = if parsed.host.is_empty() {
@@ -275,6 +298,7 @@ pub(crate) fn parse_opts(url: &str, max_size: usize) -> Result<Opts> {
         .socket(socket)
         // Connect the way the URL says, not over a socket found by asking the server.
         .prefer_socket(false)
+        .ssl_opts(ssl_opts)
         .init(SESSION_SETUP.to_vec())
         .stmt_cache_size(64)
         .tcp_keepalive(Some(Duration::from_secs(60)))
@@ -286,6 +310,18 @@ pub(crate) fn parse_opts(url: &str, max_size: usize) -> Result<Opts> {
                 .with_reset_connection(false),
         );
     Ok(builder.into())
+}
+
+/// The TLS a URL asks for: its `tls` parameter, else `require_ssl=true` or
+/// `ssl-ca` mean [`TlsMode::Verify`], else none.
+fn tls_mode(url: &DbUrl) -> std::result::Result<TlsMode, String> {
+    match url.param("tls") {
+        Some(value) => TlsMode::parse(value),
+        None if url.param("require_ssl") == Some("true") || url.param("ssl-ca").is_some() => {
+            Ok(TlsMode::Verify)
+        }
+        None => Ok(TlsMode::Off),
+    }
 }
 
 /// Whether the server is unreachable, closed the connection, is shutting
@@ -890,6 +926,15 @@ mod tests {
         assert_eq!(opts.db_name(), Some("cache"));
         assert_eq!(opts.socket(), None);
         assert_eq!(opts.pool_opts().constraints().max(), 7);
+        assert_eq!(opts.ssl_opts(), None);
+
+        let opts = parse_opts("mysql://ncps@db/cache?tls=skip-verify", 1).unwrap();
+        assert!(
+            opts.ssl_opts()
+                .is_some_and(|ssl| ssl.accept_invalid_certs())
+        );
+        let opts = parse_opts("mysql://ncps@db/cache?tls=false", 1).unwrap();
+        assert_eq!(opts.ssl_opts(), None);
 
         let opts = parse_opts("mysql://ncps:pw@/cache?socket=/run/mysqld/mysqld.sock", 1).unwrap();
         assert_eq!(opts.socket(), Some("/run/mysqld/mysqld.sock"));
@@ -904,7 +949,8 @@ mod tests {
     #[test]
     fn refuses_bad_urls_without_showing_the_password() {
         for url in [
-            "mysql://ncps:secret@db/cache?tls=true",
+            "mysql://ncps:secret@db/cache?tls=custom",
+            "mysql://ncps:secret@db/cache?tls=true&ssl-ca=/nonexistent/ca.pem",
             "mysql://ncps:secret@db/",
             "mysql://ncps:secret@db:port/cache",
             "postgres://ncps:secret@db/cache",

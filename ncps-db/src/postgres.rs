@@ -13,12 +13,13 @@ use deadpool_postgres::{
 };
 use ncps_core::{Error, MetadataDb, NarInfoRecord, NarRecord, Result};
 use ncps_core::{NarStorage, PinRecord, StorageUsage, StoredNar};
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls, Row, Statement};
+use tokio_postgres::{Client, Config, Row, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::db_url::{DbUrl, redact_url};
+use crate::postgres_tls::TlsParams;
 use crate::values::{size_from_db, size_to_db, unix_now};
 
 /// The schema migrations, applied in order; each version is applied once.
@@ -83,13 +84,19 @@ impl PostgresDb {
     ///
     /// Takes `postgres://` and `postgresql://` URLs (with libpq parameters
     /// such as `?host=/run/postgresql` for a Unix socket directory,
-    /// `sslmode`, `connect_timeout`) and `postgres+unix:///socket/dir/dbname`.
+    /// `connect_timeout`) and `postgres+unix:///socket/dir/dbname`.
     /// `max_conns` bounds the pool; 0 means 25, ncps's default.
     ///
-    /// A server that cannot be reached is [`Error::Unavailable`]; messages
-    /// show the URL with its password hidden.
+    /// TLS follows libpq's `sslmode` (`disable`, `allow`, `prefer` by
+    /// default, `require`, `verify-ca`, `verify-full`) and `sslrootcert`
+    /// (a PEM file of trusted CAs; without it the system's roots, or
+    /// `SSL_CERT_FILE`'s, are trusted); see the `postgres_tls` module.
+    ///
+    /// A server that cannot be reached is [`Error::Unavailable`]; a
+    /// certificate it cannot be trusted by is a backend error saying so.
+    /// Messages show the URL with its password hidden.
     pub async fn connect(url: &str, max_conns: usize) -> Result<Self> {
-        let config = parse_config(url)?;
+        let (config, tls) = parse_config(url)?;
         let max_size = if max_conns == 0 {
             DEFAULT_MAX_CONNS
         } else {
@@ -98,7 +105,7 @@ impl PostgresDb {
         let shown = redact_url(url);
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 // A connection the server closed is dropped when taken from the pool.
                 recycling_method: RecyclingMethod::Fast,
@@ -131,10 +138,16 @@ impl PostgresDb {
         })
     }
 
-    /// Maps a driver error: the server unreachable, restarting, or busy means
-    /// retry later; anything else is a backend error.
+    /// Maps a driver error: a certificate not trusted is a backend error
+    /// saying so; the server unreachable, restarting, or busy means retry
+    /// later; anything else is a backend error.
     fn error(&self, context: &str, e: tokio_postgres::Error) -> Error {
-        if is_unavailable(&e) {
+        if let Some(why) = crate::tls::problem(&e) {
+            Error::backend(
+                format!("{context}: database {}: TLS", self.url),
+                format!("{why} ({})", crate::tls::TRUST_HINT),
+            )
+        } else if is_unavailable(&e) {
             Error::Unavailable(format!(
                 "{context}: database {}: {}",
                 self.url,
@@ -224,18 +237,21 @@ impl PostgresDb {
 type Call<'a, T> =
     Pin<Box<dyn Future<Output = std::result::Result<T, tokio_postgres::Error>> + Send + 'a>>;
 
-/// The connection settings a URL names. The password never appears in errors.
-pub(crate) fn parse_config(url: &str) -> Result<Config> {
+/// The connection settings a URL names, and the TLS connector its `sslmode`
+/// and `sslrootcert` ask for (with the trusted roots read). The password
+/// never appears in errors.
+pub(crate) fn parse_config(url: &str) -> Result<(Config, MakeRustlsConnect)> {
     let invalid = |why: &dyn fmt::Display| {
         Error::InvalidInput(format!("database URL {}: {why}", redact_url(url)))
     };
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let (rest, tls) = TlsParams::take(url).map_err(|why| invalid(&why))?;
     let mut config = match scheme.as_deref() {
         Some("postgres" | "postgresql") => {
-            Config::from_str(url).map_err(|e| invalid(&describe(&e)))?
+            Config::from_str(&rest).map_err(|e| invalid(&describe(&e)))?
         }
         Some("postgres+unix") => {
-            socket_config(&DbUrl::parse(url)?).map_err(|e| invalid(&describe(&e)))?
+            socket_config(&DbUrl::parse(&rest)?).map_err(|e| invalid(&describe(&e)))?
         }
         _ => {
             return Err(invalid(
@@ -243,15 +259,12 @@ pub(crate) fn parse_config(url: &str) -> Result<Config> {
             ));
         }
     };
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(invalid(
-            &"sslmode=require: TLS is not supported by this build; use sslmode=disable or prefer",
-        ));
-    }
+    config.ssl_mode(tls.ssl_mode());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    Ok(config)
+    let connector = tls.connector().map_err(|why| invalid(&why))?;
+    Ok((config, connector))
 }
 
 /// The settings of `postgres+unix:///socket/dir/dbname`: the last path
@@ -827,23 +840,30 @@ impl MetadataDb for PostgresDb {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_postgres::config::Host;
+    use tokio_postgres::config::{Host, SslMode};
 
     #[test]
     fn parses_urls() {
-        let config = parse_config("postgres://ncps:pw@db:5433/cache?sslmode=disable").unwrap();
+        let (config, _) = parse_config("postgres://ncps:pw@db:5433/cache?sslmode=disable").unwrap();
         assert_eq!(config.get_user(), Some("ncps"));
         assert_eq!(config.get_dbname(), Some("cache"));
         assert_eq!(config.get_ports(), &[5433]);
         assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(config.get_ssl_mode(), SslMode::Disable);
 
-        let config = parse_config("postgresql:///ncps?host=/run/postgresql").unwrap();
+        let (config, _) = parse_config("postgresql:///ncps?host=/run/postgresql").unwrap();
         assert_eq!(config.get_hosts(), &[Host::Unix("/run/postgresql".into())]);
         assert_eq!(config.get_dbname(), Some("ncps"));
+        assert_eq!(config.get_ssl_mode(), SslMode::Prefer);
 
-        let config =
-            parse_config("postgres+unix://ncps:p'w@/run/postgresql/cache?connect_timeout=2")
-                .unwrap();
+        let (config, _) = parse_config("postgres://ncps@db/cache?sslmode=require").unwrap();
+        assert_eq!(config.get_ssl_mode(), SslMode::Require);
+
+        let (config, _) = parse_config(
+            "postgres+unix://ncps:p'w@/run/postgresql/cache?connect_timeout=2&sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(config.get_ssl_mode(), SslMode::Disable);
         assert_eq!(config.get_hosts(), &[Host::Unix("/run/postgresql".into())]);
         assert_eq!(config.get_dbname(), Some("cache"));
         assert_eq!(config.get_password(), Some(&b"p'w"[..]));
@@ -853,11 +873,12 @@ mod tests {
     #[test]
     fn refuses_bad_urls_without_showing_the_password() {
         for url in [
-            "postgres://ncps:secret@db/ncps?sslmode=require",
+            "postgres://ncps:secret@db/ncps?sslmode=required",
+            "postgres://ncps:secret@db/ncps?sslmode=verify-ca&sslrootcert=/nonexistent.pem",
             "postgres://ncps:secret@db/ncps?nonsense=1",
             "mysql://ncps:secret@db/ncps",
         ] {
-            let e = parse_config(url).unwrap_err();
+            let e = parse_config(url).err().unwrap();
             assert!(matches!(e, Error::InvalidInput(_)), "{url}: {e}");
             assert!(!e.to_string().contains("secret"), "{url}: {e}");
         }

@@ -120,6 +120,7 @@ async fn open_s3_storage(options: &ServeOptions, bucket: &str) -> Result<Arc<dyn
             .as_ref()
             .map(|s| s.expose().to_owned()),
         prefix: options.cache_storage_s3_prefix.clone(),
+        proxy: ncps_store::S3Proxy::from_env(),
     };
     let storage = ncps_store::S3Storage::new(config)
         .await

@@ -141,7 +141,12 @@ pub struct ServeOptions {
 
     /// Metadata database: `sqlite:/path/db.sqlite`, `postgres://` or
     /// `postgresql://`, `mysql://` (Unix sockets: `postgresql:///db?host=/run/postgresql`,
-    /// `mysql://user:pass@/db?socket=/run/mysqld/mysqld.sock`).
+    /// `mysql://user:pass@/db?socket=/run/mysqld/mysqld.sock`). TLS:
+    /// PostgreSQL's libpq `sslmode` (`disable`, `allow`, `prefer` by default,
+    /// `require`, `verify-ca`, `verify-full`) with `sslrootcert=/path/ca.pem`;
+    /// MySQL's `tls=true`, `skip-verify`, `preferred` or `false` (default)
+    /// with `ssl-ca=/path/ca.pem`; without a CA file the system's roots (or
+    /// `SSL_CERT_FILE`) are trusted. See the README's Database section.
     #[arg(long, env = "CACHE_DATABASE_URL")]
     pub cache_database_url: Option<String>,
 

@@ -284,3 +284,47 @@ fn mysql_instances_share_one_generated_key() {
 fn service(test: &str, var: &str) -> Option<String> {
     shared_service(test, var, "source .ci/services.sh")
 }
+
+/// Over TLS checked against the test CA (`sslmode=verify-full`), the server
+/// starts on PostgreSQL and answers from it (its key lives there); without
+/// the CA, the server's certificate is not trusted and the server exits
+/// saying so, naming the URL with its password hidden.
+#[test]
+fn postgres_over_verified_tls() {
+    let test = "postgres_over_verified_tls";
+    let Some(server) = service(test, "NCPS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Some(ca) = service(test, "NCPS_TEST_DB_TLS_CA") else {
+        return;
+    };
+    let mut url = url::Url::parse(&fresh_postgres(&server)).expect("url");
+    // The test server trusts loopback, so the password is never checked.
+    url.set_password(Some("hunter2")).expect("password");
+    let home = tempfile::tempdir().expect("tempdir");
+
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+    let mut running = start(home.path(), &["--cache-database-url", &verified], &[]);
+    let key = pubkey(&mut running);
+    assert!(key.starts_with("db-test.invalid-1:"), "{key}");
+    drop(running);
+
+    let untrusted = format!("{url}?sslmode=verify-full");
+    let output = command(
+        home.path(),
+        free_port(),
+        &["--cache-database-url", &untrusted],
+        &[],
+    )
+    .output()
+    .expect("run ncps-server");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started anyway: {stderr}");
+    let shown = untrusted.replace("hunter2", "***");
+    assert!(
+        stderr.contains(&shown) && stderr.contains("--cache-database-url"),
+        "message does not name the URL: {stderr}"
+    );
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

@@ -5,7 +5,8 @@
 //! The `s3` feature provides `S3Storage`, which keeps objects in an S3
 //! bucket (AWS or an S3-compatible server), streaming both ways. Both can
 //! `list` their objects, and [`copy_objects`] moves objects between any two
-//! backends, resumably.
+//! backends, resumably. [`discard_incomplete`] throws away what writers
+//! killed mid-upload left (S3 multipart uploads, temporary files).
 //!
 //! ```no_run
 //! # async fn demo() -> ncps_core::Result<()> {
@@ -42,6 +43,7 @@
 
 #![warn(missing_docs)]
 
+mod cleanup;
 mod copy;
 #[cfg(any(feature = "local", feature = "s3"))]
 mod key;
@@ -52,8 +54,9 @@ mod mapped;
 #[cfg(feature = "s3")]
 mod s3;
 
+pub use cleanup::{Discarded, discard_incomplete};
 pub use copy::{CopyOutcome, CopyStats, ObjectInfo, copy_objects};
 #[cfg(feature = "local")]
 pub use local::LocalStorage;
 #[cfg(feature = "s3")]
-pub use s3::{PART_SIZE, S3Config, S3Storage};
+pub use s3::{PART_SIZE, S3Config, S3Proxy, S3Storage};

@@ -35,7 +35,8 @@ mod s3 {
     use bytes::Bytes;
     use futures::StreamExt;
     use ncps_core::{ByteStream, Error, Storage};
-    use ncps_store::{PART_SIZE, S3Config, S3Storage};
+    use ncps_store::{PART_SIZE, S3Config, S3Proxy, S3Storage, discard_incomplete};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::task::{JoinHandle, JoinSet};
 
@@ -65,6 +66,7 @@ mod s3 {
             access_key_id: Some("test".to_string()),
             secret_access_key: Some("testtest".to_string()),
             prefix: None,
+            proxy: S3Proxy::default(),
         }
     }
 
@@ -243,6 +245,68 @@ mod s3 {
         let found = whole.incomplete(None).await.expect("incomplete");
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].key.as_deref(), Some("team-b/nar/other.nar"));
+    }
+
+    #[tokio::test]
+    async fn a_killed_writers_upload_is_aborted_once_old_enough() {
+        let Some(endpoint) = endpoint() else { return };
+        let client = raw_client(&endpoint);
+        let bucket = new_bucket(&client, "abort").await;
+        let mut prefixed = config(&endpoint, &bucket);
+        prefixed.prefix = Some("team-a".into());
+        let storage = S3Storage::new(prefixed).await.expect("S3Storage::new");
+        // What a process killed mid-upload leaves: an upload with a part and
+        // never completed; and one of another cache sharing the bucket.
+        for key in ["team-a/nar/killed.nar", "team-b/nar/other.nar"] {
+            let created = client
+                .create_multipart_upload()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("CreateMultipartUpload");
+            client
+                .upload_part()
+                .bucket(&bucket)
+                .key(key)
+                .upload_id(created.upload_id().expect("upload id"))
+                .part_number(1)
+                .body(pattern(1024, 3).into())
+                .send()
+                .await
+                .expect("UploadPart");
+        }
+        // The age comes from ListMultipartUploads' Initiated, which moto
+        // fixes at 2010-11-10: only an age above it leaves the upload alone.
+        let found = storage.incomplete(None).await.expect("incomplete");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let age = found[0].age.expect("the upload's age (Initiated)");
+        let older = age + Duration::from_secs(24 * 60 * 60);
+        let young = discard_incomplete(&storage, older, false)
+            .await
+            .expect("discard");
+        assert!(young.discarded.is_empty(), "{young:?}");
+        assert_eq!(young.kept.len(), 1, "{young:?}");
+        let dry = discard_incomplete(&storage, Duration::ZERO, true)
+            .await
+            .expect("dry run");
+        assert_eq!(dry.discarded.len(), 1, "{dry:?}");
+        assert_eq!(multipart_uploads(&client, &bucket).await.len(), 2);
+
+        let done = discard_incomplete(&storage, Duration::ZERO, false)
+            .await
+            .expect("discard");
+        assert_eq!(done.discarded.len(), 1, "{done:?}");
+        assert_eq!(done.discarded[0].key.as_deref(), Some("nar/killed.nar"));
+        assert!(done.failed.is_empty(), "{done:?}");
+        let left: Vec<String> = multipart_uploads(&client, &bucket)
+            .await
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(left, vec!["team-b/nar/other.nar".to_string()]);
+        assert_eq!(storage.head("nar/killed.nar").await.expect("head"), None);
+        assert!(keys(&client, &bucket).await.is_empty());
     }
 
     #[tokio::test]
@@ -617,6 +681,192 @@ mod s3 {
         assert_eq!(storage.head("nar/a.nar").await.expect("head"), Some(6));
         assert_eq!(storage.head("nar/b.nar").await.expect("head"), None);
         proxy.stop().await;
+    }
+
+    /// An HTTP forward proxy: takes absolute-form requests (`GET
+    /// http://host:port/path HTTP/1.1`), sends each to its host in origin
+    /// form, one request per connection, and counts them.
+    struct ForwardProxy {
+        addr: std::net::SocketAddr,
+        requests: Arc<AtomicU64>,
+        task: JoinHandle<()>,
+    }
+
+    impl ForwardProxy {
+        async fn start() -> ForwardProxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let requests = Arc::new(AtomicU64::new(0));
+            let counter = requests.clone();
+            let task = tokio::spawn(async move {
+                let mut connections = JoinSet::new();
+                while let Ok((client, _)) = listener.accept().await {
+                    connections.spawn(Self::forward(client, counter.clone()));
+                }
+            });
+            ForwardProxy {
+                addr,
+                requests,
+                task,
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        fn requests(&self) -> u64 {
+            self.requests.load(Ordering::SeqCst)
+        }
+
+        /// Forwards one request and its answer, both marked `Connection:
+        /// close` so the client never sends a second one on the connection.
+        async fn forward(mut client: TcpStream, requests: Arc<AtomicU64>) {
+            let Some((head, body_start)) = read_head(&mut client).await else {
+                return;
+            };
+            let mut lines = head.lines();
+            let request_line = lines.next().unwrap_or_default();
+            let mut parts = request_line.splitn(3, ' ');
+            let (Some(method), Some(target), Some(version)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return;
+            };
+            let Some(target) = target.strip_prefix("http://") else {
+                let _ = client
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                return;
+            };
+            let (host, path) = match target.find('/') {
+                Some(i) => target.split_at(i),
+                None => (target, "/"),
+            };
+            requests.fetch_add(1, Ordering::SeqCst);
+            let Ok(mut server) = TcpStream::connect(host).await else {
+                return;
+            };
+            let request = closing(&format!("{method} {path} {version}"), lines);
+            if server.write_all(request.as_bytes()).await.is_err()
+                || server.write_all(&body_start).await.is_err()
+            {
+                return;
+            }
+            // The request body, while the answer's head is read.
+            let (mut client_read, mut client_write) = client.split();
+            let (mut server_read, mut server_write) = server.split();
+            let upload = tokio::io::copy(&mut client_read, &mut server_write);
+            let answer = async {
+                let (head, body_start) = read_head(&mut server_read).await?;
+                let mut lines = head.lines();
+                let status = lines.next().unwrap_or_default();
+                client_write
+                    .write_all(closing(status, lines).as_bytes())
+                    .await
+                    .ok()?;
+                client_write.write_all(&body_start).await.ok()?;
+                tokio::io::copy(&mut server_read, &mut client_write)
+                    .await
+                    .ok()
+            };
+            tokio::select! {
+                _ = answer => {}
+                _ = async { let _ = upload.await; std::future::pending::<()>().await } => {}
+            }
+        }
+    }
+
+    impl Drop for ForwardProxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Reads an HTTP message head; returns it and the bytes read past it.
+    async fn read_head<R: tokio::io::AsyncRead + Unpin>(
+        stream: &mut R,
+    ) -> Option<(String, Vec<u8>)> {
+        let mut read = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                let rest = read.split_off(end + 4);
+                return Some((String::from_utf8(read).ok()?, rest));
+            }
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// A message head of `first` line and `headers`, with `Connection: close`
+    /// instead of any connection or proxy headers.
+    fn closing<'a>(first: &str, headers: impl Iterator<Item = &'a str>) -> String {
+        let mut head = format!("{first}\r\n");
+        for line in headers.filter(|l| !l.is_empty()) {
+            let name = line.split(':').next().unwrap_or_default().trim();
+            let drop = ["connection", "proxy-connection", "proxy-authorization"];
+            if !drop.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+                head.push_str(line);
+                head.push_str("\r\n");
+            }
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        head
+    }
+
+    #[tokio::test]
+    async fn requests_go_through_the_configured_proxy() {
+        let Some(endpoint) = endpoint() else { return };
+        let client = raw_client(&endpoint);
+        let bucket = new_bucket(&client, "proxy").await;
+        let proxy = ForwardProxy::start().await;
+        let mut through = config(&endpoint, &bucket);
+        through.proxy = S3Proxy {
+            http: Some(proxy.url()),
+            ..S3Proxy::default()
+        };
+        let storage = S3Storage::new(through).await.expect("S3Storage::new");
+        let data = pattern(100_000, 9);
+        let written = storage
+            .put("nar/proxied.nar", chunked(&data))
+            .await
+            .expect("put");
+        assert_eq!(written, data.len() as u64);
+        assert_eq!(
+            read_all(&storage, "nar/proxied.nar").await,
+            Some((data.len() as u64, data))
+        );
+        // HeadBucket, PutObject and GetObject at least.
+        assert!(proxy.requests() >= 3, "{} requests", proxy.requests());
+        assert_eq!(keys(&client, &bucket).await, vec!["nar/proxied.nar"]);
+    }
+
+    #[tokio::test]
+    async fn no_proxy_hosts_are_reached_directly() {
+        let Some(endpoint) = endpoint() else { return };
+        let client = raw_client(&endpoint);
+        let bucket = new_bucket(&client, "noproxy").await;
+        let proxy = ForwardProxy::start().await;
+        let mut direct = config(&endpoint, &bucket);
+        direct.proxy = S3Proxy {
+            http: Some(proxy.url()),
+            https: Some(proxy.url()),
+            no_proxy: Some("example.com,127.0.0.1".to_string()),
+        };
+        let storage = S3Storage::new(direct).await.expect("S3Storage::new");
+        storage
+            .put("nar/direct.nar", chunked(b"direct"))
+            .await
+            .expect("put");
+        assert_eq!(
+            read_all(&storage, "nar/direct.nar").await,
+            Some((6, b"direct".to_vec()))
+        );
+        assert_eq!(proxy.requests(), 0);
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! `S3Config` and turning it into an S3 client: endpoint, region, path-style
-//! addressing, static keys or the AWS default credential chain.
+//! addressing, static keys or the AWS default credential chain, proxy.
 
 use std::fmt;
 use std::time::Duration;
@@ -10,7 +10,10 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_http_client::{Builder, Connector};
 use ncps_core::{Error, Result};
+
+use super::proxy::S3Proxy;
 
 /// Region used when none is configured anywhere; S3-compatible servers
 /// usually ignore it, but requests must be signed for some region.
@@ -47,6 +50,10 @@ pub struct S3Config {
     /// A key prefix (`cache-a` stores `nar/x.nar` as `cache-a/nar/x.nar`), so
     /// several caches can share one bucket.
     pub prefix: Option<String>,
+    /// The HTTP forward proxy to reach S3 through; the default, none, is
+    /// direct. Programs take it from the environment with
+    /// [`S3Proxy::from_env`]; the library never reads the environment itself.
+    pub proxy: S3Proxy,
 }
 
 impl fmt::Debug for S3Config {
@@ -62,6 +69,7 @@ impl fmt::Debug for S3Config {
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
             )
             .field("prefix", &self.prefix)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -115,10 +123,23 @@ impl S3Config {
     /// Builds the S3 client this configuration describes.
     pub(crate) async fn client(&self) -> Result<aws_sdk_s3::Client> {
         self.validate()?;
-        // rustls on ring: no OpenSSL and no C build of aws-lc.
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let https = match &self.endpoint {
+            Some(endpoint) => endpoint.starts_with("https://"),
+            None => true,
+        };
+        let proxy = self.proxy.config(https)?;
+        // rustls on ring: no OpenSSL and no C build of aws-lc. Built as the
+        // SDK builds its default client, which is the only way to set a proxy.
+        let http_client = Builder::new().build_with_connector_fn(move |settings, components| {
+            let mut connector =
+                Connector::builder().tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+            connector.set_connector_settings(settings.cloned());
+            if let Some(components) = components {
+                connector.set_sleep_impl(components.sleep_impl());
+            }
+            connector.set_proxy_config(Some(proxy.clone()));
+            connector.build()
+        });
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)

@@ -3,6 +3,7 @@
 
 mod config;
 mod error;
+mod proxy;
 mod upload;
 
 use std::io;
@@ -16,6 +17,7 @@ use ncps_core::{ByteStream, Error, Incomplete, Result, Storage, StoredObject};
 use crate::ObjectInfo;
 
 pub use config::S3Config;
+pub use proxy::S3Proxy;
 pub use upload::PART_SIZE;
 
 use error::{is_unavailable, map_sdk_error, status};
