@@ -157,12 +157,16 @@ def nix32(digest):
         out.append(ALPHABET[c & 0x1F])
     return "".join(out)
 
-def rss_kib():
+def rss_parts():
+    """(VmRSS, RssAnon, RssFile) in KiB: RssFile counts the page-cache pages
+    of memory-mapped NARs being sent, RssAnon the heap and stacks."""
+    parts = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            key = line.split(":")[0]
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                parts[key] = int(line.split()[1])
+    return parts.get("VmRSS", 0), parts.get("RssAnon", 0), parts.get("RssFile", 0)
 
 lock = threading.Lock()
 started = time.monotonic()
@@ -236,10 +240,11 @@ samples = []
 while any(t.is_alive() for t in threads):
     time.sleep(5)
     t = time.monotonic() - started
-    samples.append((t, rss_kib()))
+    rss, anon, file = rss_parts()
+    samples.append((t, rss))
     with lock:
         s = dict(stats)
-    print(f"  t={t:5.0f}s rss={samples[-1][1] / 1024:6.1f} MiB narinfo hits={s['narinfo_hit']} "
+    print(f"  t={t:5.0f}s rss={rss / 1024:6.1f} MiB (anon {anon / 1024:5.1f}, file {file / 1024:5.1f}) narinfo hits={s['narinfo_hit']} "
           f"misses={s['narinfo_miss']} absent={s['absent']} nars={s['nar']} "
           f"({s['bytes'] / 2**20:.0f} MiB) errors={s['errors']}", flush=True)
 for t in threads:

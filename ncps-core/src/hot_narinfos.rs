@@ -2,8 +2,10 @@
 //! the database. Bounded by count (the least recently used go first) and by
 //! age: an entry is trusted for [`HOT_TTL`] at most, which bounds how long a
 //! narinfo another process deleted or evicted can still be served here.
+//! Entries past that age are swept out about every [`HOT_TTL`], so memory
+//! follows the narinfos asked for lately, not the bound.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a hot narinfo is served without asking the database again.
@@ -23,12 +25,16 @@ pub(crate) struct HotNarinfo {
 }
 
 /// The hot narinfos by store path hash.
-pub(crate) struct HotNarinfos(Option<Cache<String, HotNarinfo>>);
+pub(crate) struct HotNarinfos {
+    cache: Option<Cache<String, HotNarinfo>>,
+    /// When entries past [`HOT_TTL`] were last swept out.
+    swept: Mutex<Instant>,
+}
 
 impl std::fmt::Debug for HotNarinfos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HotNarinfos")
-            .field("len", &self.0.as_ref().map_or(0, Cache::len))
+            .field("len", &self.len())
             .finish()
     }
 }
@@ -36,12 +42,20 @@ impl std::fmt::Debug for HotNarinfos {
 impl HotNarinfos {
     /// Room for `capacity` narinfos; zero keeps none.
     pub(crate) fn new(capacity: usize) -> Self {
-        HotNarinfos((capacity > 0).then(|| Cache::new(capacity)))
+        HotNarinfos {
+            cache: (capacity > 0).then(|| Cache::new(capacity)),
+            swept: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// How many narinfos are held.
+    pub(crate) fn len(&self) -> usize {
+        self.cache.as_ref().map_or(0, Cache::len)
     }
 
     /// The narinfo of `hash`, if hot and young enough.
     pub(crate) fn get(&self, hash: &str) -> Option<HotNarinfo> {
-        let cache = self.0.as_ref()?;
+        let cache = self.cache.as_ref()?;
         let hot = cache.get(hash)?;
         if hot.at.elapsed() > HOT_TTL {
             cache.remove(hash);
@@ -52,7 +66,8 @@ impl HotNarinfos {
 
     /// Remembers the narinfo of `hash`.
     pub(crate) fn insert(&self, hash: &str, narinfo: &str, nar_file: &str) {
-        if let Some(cache) = &self.0 {
+        if let Some(cache) = &self.cache {
+            self.sweep(cache, HOT_TTL);
             cache.insert(
                 hash.to_owned(),
                 HotNarinfo {
@@ -64,10 +79,22 @@ impl HotNarinfos {
         }
     }
 
+    /// Drops the entries older than `ttl`, at most once per `ttl`.
+    fn sweep(&self, cache: &Cache<String, HotNarinfo>, ttl: Duration) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
+            if swept.elapsed() < ttl {
+                return;
+            }
+            *swept = Instant::now();
+        }
+        cache.retain(|_, hot| hot.at.elapsed() <= ttl);
+    }
+
     /// The store path hash of a hot narinfo naming `nar_file`, if any. A
     /// scan, for the rare NAR the database no longer knows.
     pub(crate) fn hash_naming(&self, nar_file: &str) -> Option<String> {
-        let cache = self.0.as_ref()?;
+        let cache = self.cache.as_ref()?;
         cache
             .iter()
             .find(|(_, hot)| &*hot.nar_file == nar_file)
@@ -76,7 +103,7 @@ impl HotNarinfos {
 
     /// Forgets the narinfo of `hash` (it was deleted or evicted).
     pub(crate) fn remove(&self, hash: &str) {
-        if let Some(cache) = &self.0 {
+        if let Some(cache) = &self.cache {
             cache.remove(hash);
         }
     }
@@ -102,6 +129,15 @@ mod tests {
             .filter(|i| hot.get(&i.to_string()).is_some())
             .count();
         assert!(kept <= 10, "{kept} kept");
+        // Old entries are swept out.
+        let ttl = Duration::from_millis(20);
+        let young = HotNarinfos::new(10);
+        young.insert("old", "x", "x.nar");
+        std::thread::sleep(ttl * 2);
+        young.sweep(young.cache.as_ref().unwrap(), ttl);
+        young.insert("new", "y", "y.nar");
+        assert_eq!(young.len(), 1);
+        assert!(young.get("new").is_some());
         let none = HotNarinfos::new(0);
         none.insert("a", "x", "x.nar");
         assert!(none.get("a").is_none());

@@ -132,6 +132,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // 1 MiB of page cache instead of SQLite's 2 MB: hits are served from
+    // memory above it, and pages past it come from the OS page cache.
+    conn.pragma_update(None, "cache_size", -1024)?;
     Ok(())
 }
 
