@@ -70,22 +70,8 @@ ncps_redis_start_one() {
     return 1
 }
 
-# A throwaway CA in `dir`/tls and a server certificate it signs for
-# 127.0.0.1 and localhost.
-ncps_redis_tls_files() {
-    local tls="$1/tls"
-    rm -rf "$tls"
-    mkdir -p "$tls"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ncps test CA" \
-        -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null &&
-        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-            -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null &&
-        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' \
-            >"$tls/ext.cnf" &&
-        openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
-            -CAcreateserial -days 2 -extfile "$tls/ext.cnf" -out "$tls/server.crt" 2>/dev/null ||
-        { echo "redis.sh: openssl could not make the test certificates" >&2; return 1; }
-}
+# shellcheck source=.ci/certs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/certs.sh"
 
 ncps_redis_start() {
     local dir sudo="" port single tls_port cluster_ports=() addrs=()
@@ -138,7 +124,7 @@ ncps_redis_start() {
         return 1
     fi
 
-    ncps_redis_tls_files "$dir" || return 1
+    ncps_test_certs "$dir/tls" redis || return 1
     NCPS_REDIS_CLI_ARGS=(--tls --cacert "$dir/tls/ca.crt")
     ncps_redis_start_one "$dir" "$tls_port" --port 0 --tls-port "$tls_port" \
         --tls-cert-file "$dir/tls/server.crt" --tls-key-file "$dir/tls/server.key" \

@@ -64,24 +64,8 @@ ncps_db_services_stop() {
     rm -f "$base/mysql.pid"
 }
 
-# Makes a throwaway CA and a server certificate for IP:127.0.0.1 and
-# DNS:localhost in dir (ca.crt, server.crt, server.key), as .ci/redis.sh does.
-ncps_db_make_certs() {
-    local tls="$1"
-    rm -rf "$tls"
-    mkdir -p "$tls"
-    chmod 755 "$tls"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ncps db test CA" \
-        -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null &&
-        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-            -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null &&
-        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' \
-            >"$tls/ext.cnf" &&
-        openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
-            -CAcreateserial -days 2 -extfile "$tls/ext.cnf" -out "$tls/server.crt" 2>/dev/null ||
-        { echo "services.sh: openssl could not make the test certificates" >&2; return 1; }
-    chmod 644 "$tls/ca.crt" "$tls/server.crt"
-}
+# shellcheck source=.ci/certs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/certs.sh"
 
 ncps_db_services_start() {
     local base pg_port my_port pg_bin pg_dir my_dir sudo=""
@@ -117,7 +101,7 @@ ncps_db_services_start() {
         chown postgres:postgres "$pg_dir"
         chown mysql:mysql "$my_dir"
     fi
-    ncps_db_make_certs "$base/tls" || return 1
+    ncps_test_certs "$base/tls" services || return 1
 
     # PostgreSQL: trust auth on loopback, no fsync; pg_ctl -w returns once it accepts connections.
     ncps_db_as postgres "$pg_bin/initdb" -D "$pg_dir" -U postgres --auth=trust -E UTF8 >"$base/pg-initdb.log" 2>&1 ||
