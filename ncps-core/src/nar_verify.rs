@@ -46,7 +46,66 @@ impl NarCheck {
             nar_size: info.nar_size,
         }
     }
+
+    /// Whether a NAR file that turned out as `m` is the one promised.
+    fn judge(&self, m: Measured) -> io::Result<()> {
+        if let Some(size) = self.file_size
+            && size != m.file_size
+        {
+            return Err(invalid(format!(
+                "NAR file has {} bytes, FileSize says {size}",
+                m.file_size
+            )));
+        }
+        if let Some(hash) = self.file_hash
+            && hash != m.file_hash
+        {
+            return Err(invalid(format!(
+                "NAR file hashes to {}, FileHash says {hash}",
+                m.file_hash
+            )));
+        }
+        if m.nar_size != self.nar_size {
+            return Err(invalid(format!(
+                "NAR has {} bytes, NarSize says {}",
+                m.nar_size, self.nar_size
+            )));
+        }
+        if m.nar_hash != self.nar_hash {
+            return Err(invalid(format!(
+                "NAR hashes to {}, NarHash says {}",
+                m.nar_hash, self.nar_hash
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// What a NAR file turned out to be, read to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Measured {
+    /// The hash of the file as transferred.
+    pub(crate) file_hash: NixHash,
+    /// Its size.
+    pub(crate) file_size: u64,
+    /// The hash of the decompressed NAR.
+    pub(crate) nar_hash: NixHash,
+    /// Its size.
+    pub(crate) nar_size: u64,
+}
+
+/// Sizes a NAR file and its NAR may not pass while they stream.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bounds {
+    /// The file's exact size (`FileSize:`), if known.
+    file_size: Option<u64>,
+    /// The NAR's exact size (`NarSize:`), if known; without a `FileSize` it
+    /// also bounds the file ([`max_file_size`]).
+    nar_size: Option<u64>,
+}
+
+/// What decides, once a NAR file is read, whether it passes.
+type Judge = Box<dyn FnOnce(Measured) -> io::Result<()> + Send>;
 
 /// Whether NARs with this `Compression:` can be checked (and so served) here.
 pub fn is_supported_compression(compression: &str) -> bool {
@@ -137,7 +196,9 @@ const AHEAD: usize = 16;
 
 /// The checks themselves: fed every chunk in order, then asked for a verdict.
 struct Checker {
-    check: NarCheck,
+    compression: String,
+    bounds: Bounds,
+    judge: Option<Judge>,
     file: HashingCounter,
     nar: Arc<Mutex<HashingCounter>>,
     decoder: Decoder,
@@ -154,7 +215,11 @@ impl Checker {
         while let Some(chunk) = chunks.recv().await {
             self.take(&chunk).await?;
         }
-        self.finish().await
+        let measured = self.finish().await?;
+        match self.judge.take() {
+            Some(judge) => judge(measured),
+            None => Ok(()),
+        }
     }
 
     async fn take(&mut self, chunk: &[u8]) -> io::Result<()> {
@@ -165,33 +230,46 @@ impl Checker {
             self.file.update(chunk);
             self.file.len()
         };
-        match self.check.file_size {
-            Some(size) if file_len > size => {
+        match self.bounds {
+            Bounds {
+                file_size: Some(size),
+                ..
+            } if file_len > size => {
                 return Err(invalid(format!(
                     "NAR file is larger than its FileSize {size}"
                 )));
             }
             // Without a FileSize, an endless body is still cut: no
             // compression makes a NAR much larger than it is.
-            None if file_len > max_file_size(self.check.nar_size) => {
+            Bounds {
+                file_size: None,
+                nar_size: Some(nar_size),
+            } if file_len > max_file_size(nar_size) => {
                 return Err(invalid(format!(
-                    "NAR file is larger than {} bytes, too large for its NarSize {}",
-                    max_file_size(self.check.nar_size),
-                    self.check.nar_size
+                    "NAR file is larger than {} bytes, too large for its NarSize {nar_size}",
+                    max_file_size(nar_size),
                 )));
             }
             _ => {}
         }
-        self.decoder.write_all(chunk).await
+        let written = self.decoder.write_all(chunk).await;
+        if self.uncompressed {
+            return written;
+        }
+        written.map_err(|e| self.not_decompressing(e))
     }
 
-    async fn finish(&mut self) -> io::Result<()> {
-        self.decoder.shutdown().await.map_err(|e| {
-            invalid(format!(
-                "NAR does not decompress as {}: {e}",
-                self.check.compression
-            ))
-        })?;
+    fn not_decompressing(&self, e: io::Error) -> io::Error {
+        invalid(format!(
+            "NAR does not decompress as {}: {e}",
+            self.compression
+        ))
+    }
+
+    async fn finish(&mut self) -> io::Result<Measured> {
+        if let Err(e) = self.decoder.shutdown().await {
+            return Err(self.not_decompressing(e));
+        }
         let nar = std::mem::take(&mut *self.nar.lock().unwrap_or_else(PoisonError::into_inner));
         let (nar_hash, nar_size) = nar.finish();
         let (file_hash, file_size) = if self.uncompressed {
@@ -199,33 +277,12 @@ impl Checker {
         } else {
             std::mem::take(&mut self.file).finish()
         };
-        if let Some(size) = self.check.file_size
-            && size != file_size
-        {
-            return Err(invalid(format!(
-                "NAR file has {file_size} bytes, FileSize says {size}"
-            )));
-        }
-        if let Some(hash) = self.check.file_hash
-            && hash != file_hash
-        {
-            return Err(invalid(format!(
-                "NAR file hashes to {file_hash}, FileHash says {hash}"
-            )));
-        }
-        if nar_size != self.check.nar_size {
-            return Err(invalid(format!(
-                "NAR has {nar_size} bytes, NarSize says {}",
-                self.check.nar_size
-            )));
-        }
-        if nar_hash != self.check.nar_hash {
-            return Err(invalid(format!(
-                "NAR hashes to {nar_hash}, NarHash says {}",
-                self.check.nar_hash
-            )));
-        }
-        Ok(())
+        Ok(Measured {
+            file_hash,
+            file_size,
+            nar_hash,
+            nar_size,
+        })
     }
 }
 
@@ -326,19 +383,51 @@ impl State {
 /// The checks run in a task spawned on the current Tokio runtime when the
 /// stream is first polled.
 pub fn verified(input: ByteStream, check: NarCheck) -> Result<ByteStream> {
+    let bounds = Bounds {
+        file_size: check.file_size,
+        nar_size: Some(check.nar_size),
+    };
+    let compression = check.compression.clone();
+    checking(
+        input,
+        &compression,
+        bounds,
+        Box::new(move |measured| check.judge(measured)),
+    )
+}
+
+/// Wraps `input`, a NAR file with this `Compression:` whose sizes and
+/// hashes are not known yet, so that it yields the same bytes but ends with
+/// an error instead of its last chunk if it does not decompress or `judge`
+/// refuses what it measured.
+pub(crate) fn measured(
+    input: ByteStream,
+    compression: &str,
+    judge: impl FnOnce(Measured) -> io::Result<()> + Send + 'static,
+) -> Result<ByteStream> {
+    checking(input, compression, Bounds::default(), Box::new(judge))
+}
+
+fn checking(
+    input: ByteStream,
+    compression: &str,
+    bounds: Bounds,
+    judge: Judge,
+) -> Result<ByteStream> {
     let nar = Arc::new(Mutex::new(HashingCounter::default()));
     let decoder = decoder(
-        &check.compression,
+        compression,
         NarSink {
             counter: nar.clone(),
-            limit: check.nar_size,
+            limit: bounds.nar_size.unwrap_or(u64::MAX),
         },
     )?;
-    let uncompressed = check.compression == "none";
     let checker = Checker {
-        uncompressed,
+        compression: compression.to_owned(),
+        uncompressed: compression == "none",
+        bounds,
+        judge: Some(judge),
         file_len: 0,
-        check,
         file: HashingCounter::default(),
         nar,
         decoder,

@@ -9,20 +9,12 @@
 //! and, when the policy asks, if it carries a signature by a trusted key.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-
-use async_compression::tokio::write::{BrotliDecoder, BzDecoder, XzDecoder, ZstdDecoder};
-use bytes::Bytes;
-use futures::StreamExt;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::access_log::counter;
 use crate::cache::now;
-use crate::hash::HashingCounter;
 use crate::nar_file::NarFile;
-use crate::nar_verify::invalid;
+use crate::nar_verify::{self, invalid};
 use crate::{
     ByteStream, Cache, Error, NarBody, NarInfo, NarInfoRecord, NarRecord, NarStorage, NixHash,
     PublicKey, Result, StorePathHash,
@@ -93,7 +85,7 @@ impl Cache {
         // No download or eviction of this key meanwhile.
         let guard = backends.lock.acquire(&lock_key, ttl).await?;
         let measured = Arc::new(Mutex::new(None));
-        let checked = measuring(body, compression, expected, Arc::clone(&measured));
+        let checked = measuring(body, compression, expected, Arc::clone(&measured))?;
         let stored =
             crate::cache::hold_while(backends.storage.put(&key, checked), &guard, ttl).await;
         let result = async {
@@ -351,137 +343,36 @@ fn check_against(info: &NarInfo, record: &NarRecord) -> Result<()> {
     Ok(())
 }
 
-/// Hashes and counts decompressed NAR bytes.
-struct NarSink(Arc<Mutex<HashingCounter>>);
-
-impl AsyncWrite for NarSink {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .update(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-struct Measuring {
-    input: ByteStream,
-    compression: &'static str,
-    expected: NixHash,
-    file: HashingCounter,
-    nar: Arc<Mutex<HashingCounter>>,
-    decoder: Pin<Box<dyn AsyncWrite + Send>>,
-    held: Option<Bytes>,
-    finished: bool,
-    result: Arc<Mutex<Option<(NixHash, u64)>>>,
-}
-
-impl Measuring {
-    async fn next(&mut self) -> Option<io::Result<Bytes>> {
-        if self.finished {
-            return None;
-        }
-        loop {
-            match self.input.next().await {
-                Some(Ok(chunk)) => {
-                    self.file.update(&chunk);
-                    if let Err(e) = self.decoder.write_all(&chunk).await {
-                        self.finished = true;
-                        return Some(Err(invalid(format!(
-                            "does not decompress as {}: {e}",
-                            self.compression
-                        ))));
-                    }
-                    if let Some(out) = self.held.replace(chunk) {
-                        return Some(Ok(out));
-                    }
-                }
-                Some(Err(e)) => {
-                    self.finished = true;
-                    return Some(Err(e));
-                }
-                None => {
-                    self.finished = true;
-                    return match self.finish().await {
-                        Ok(()) => self.held.take().map(Ok),
-                        Err(e) => Some(Err(e)),
-                    };
-                }
-            }
-        }
-    }
-
-    async fn finish(&mut self) -> io::Result<()> {
-        self.decoder
-            .shutdown()
-            .await
-            .map_err(|e| invalid(format!("does not decompress as {}: {e}", self.compression)))?;
-        let (file_hash, _) = std::mem::take(&mut self.file).finish();
-        if file_hash != self.expected {
-            return Err(invalid(format!(
-                "the file hashes to {file_hash}, its name says {}",
-                self.expected
-            )));
-        }
-        let nar = std::mem::take(&mut *self.nar.lock().unwrap_or_else(PoisonError::into_inner));
-        let (nar_hash, nar_size) = nar.finish();
-        if nar_size == 0 {
-            return Err(invalid("the NAR is empty".into()));
-        }
-        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some((nar_hash, nar_size));
-        Ok(())
-    }
-}
-
 /// `input`, passed through; it ends with an error instead of its last chunk
 /// if its bytes do not hash to `expected` or do not decompress. On success,
 /// `result` holds the NarHash and NarSize of the decompressed NAR.
 fn measuring(
     input: ByteStream,
-    compression: &'static str,
+    compression: &str,
     expected: NixHash,
     result: Arc<Mutex<Option<(NixHash, u64)>>>,
-) -> ByteStream {
-    let nar = Arc::new(Mutex::new(HashingCounter::default()));
-    let sink = NarSink(Arc::clone(&nar));
-    let decoder: Pin<Box<dyn AsyncWrite + Send>> = match compression {
-        "xz" => Box::pin(XzDecoder::new(sink)),
-        "zstd" => Box::pin(ZstdDecoder::new(sink)),
-        "bzip2" => Box::pin(BzDecoder::new(sink)),
-        "br" => Box::pin(BrotliDecoder::new(sink)),
-        _ => Box::pin(sink),
-    };
-    let state = Measuring {
-        input,
-        compression,
-        expected,
-        file: HashingCounter::default(),
-        nar,
-        decoder,
-        held: None,
-        finished: false,
-        result,
-    };
-    Box::pin(futures::stream::unfold(state, |mut state| async move {
-        state.next().await.map(|item| (item, state))
-    }))
+) -> Result<ByteStream> {
+    nar_verify::measured(input, compression, move |measured| {
+        if measured.file_hash != expected {
+            return Err(invalid(format!(
+                "the file hashes to {}, its name says {expected}",
+                measured.file_hash
+            )));
+        }
+        if measured.nar_size == 0 {
+            return Err(invalid("the NAR is empty".into()));
+        }
+        *result.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((measured.nar_hash, measured.nar_size));
+        Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use futures::StreamExt;
 
     fn body(data: &[u8]) -> ByteStream {
         let chunks: Vec<io::Result<Bytes>> = data
@@ -503,12 +394,9 @@ mod tests {
     async fn measures_a_file_that_matches_its_name() {
         let data = b"nix-archive-1 pretend".to_vec();
         let result = Arc::new(Mutex::new(None));
-        let out = collect(measuring(
-            body(&data),
-            "none",
-            NixHash::digest(&data),
-            result.clone(),
-        ))
+        let out = collect(
+            measuring(body(&data), "none", NixHash::digest(&data), result.clone()).unwrap(),
+        )
         .await
         .unwrap();
         assert_eq!(out, data);
@@ -522,23 +410,29 @@ mod tests {
     async fn refuses_a_file_its_name_does_not_match() {
         let data = b"nix-archive-1 pretend".to_vec();
         let result = Arc::new(Mutex::new(None));
-        let e = collect(measuring(
-            body(&data),
-            "none",
-            NixHash::digest(b"other"),
-            result.clone(),
-        ))
+        let e = collect(
+            measuring(
+                body(&data),
+                "none",
+                NixHash::digest(b"other"),
+                result.clone(),
+            )
+            .unwrap(),
+        )
         .await
         .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(e.to_string().contains("its name says"), "{e}");
         assert_eq!(*result.lock().unwrap(), None);
-        let e = collect(measuring(
-            body(&data),
-            "xz",
-            NixHash::digest(&data),
-            Arc::new(Mutex::new(None)),
-        ))
+        let e = collect(
+            measuring(
+                body(&data),
+                "xz",
+                NixHash::digest(&data),
+                Arc::new(Mutex::new(None)),
+            )
+            .unwrap(),
+        )
         .await
         .unwrap_err();
         assert!(e.to_string().contains("decompress"), "{e}");
