@@ -750,6 +750,18 @@ impl Cache {
                 return Err(e);
             }
         };
+        // Storage may hold the NAR before the database says so: a crash
+        // between the two leaves a record of unknown storage, which fsck and
+        // the storage check look up, never one that says "not stored".
+        if let Err(e) = self
+            .inner
+            .db
+            .set_nar_storage(&record.file, NarStorage::Unknown)
+            .await
+        {
+            guard.release().await?;
+            return Err(e);
+        }
         let verified = nar_verify::verified(download.body, nar_check(record)?)?;
         self.inner
             .access

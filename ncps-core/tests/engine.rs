@@ -476,3 +476,73 @@ async fn unfinished_uploads_are_discarded_only_once_old_enough() {
         vec!["old".to_string(), "dead-writer".to_string()]
     );
 }
+
+/// Local storage whose writes, once complete (renamed into place), never
+/// return: the moment a crash between storage and database would freeze.
+#[derive(Debug)]
+struct StalledAfterPut {
+    inner: ncps_store::LocalStorage,
+    stored: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Storage for StalledAfterPut {
+    async fn put(&self, key: &str, body: ncps_core::ByteStream) -> ncps_core::Result<u64> {
+        self.inner.put(key, body).await?;
+        self.stored.notify_one();
+        std::future::pending().await
+    }
+    async fn get(&self, key: &str) -> ncps_core::Result<Option<ncps_core::StoredObject>> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> ncps_core::Result<Option<u64>> {
+        self.inner.head(key).await
+    }
+    async fn delete(&self, key: &str) -> ncps_core::Result<bool> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nar_in_storage_is_never_recorded_as_absent() {
+    use ncps_core::NarStorage;
+    let upstream = TestUpstream::start().await;
+    let key = SigningKey::generate("up-1");
+    let f = fixture("stalled", 50_000, &key);
+    f.publish(&upstream, &f.nar);
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(StalledAfterPut {
+        inner: ncps_store::LocalStorage::new(dir.path().join("store")).unwrap(),
+        stored: tokio::sync::Notify::new(),
+    });
+    let db: Arc<dyn ncps_core::MetadataDb> =
+        Arc::new(ncps_db::SqliteDb::open(dir.path().join("db.sqlite")).unwrap());
+    let mut config = UpstreamConfig::parse(&upstream.url).unwrap();
+    config.public_keys.push(key.public_key());
+    let cache = Cache::new(
+        storage.clone(),
+        Arc::new(ncps_lock::LocalLock::new()),
+        db.clone(),
+        vec![Upstream::new(config, UpstreamOptions::default()).unwrap()],
+        SigningKey::generate("proxy-1"),
+        CacheOptions::default(),
+    );
+    let file = NarFile::for_narinfo(&f.info).unwrap();
+    cache.narinfo(&f.hash()).await.unwrap().unwrap();
+    assert_eq!(
+        db.get_nar_storage(file.as_str()).await.unwrap(),
+        Some(NarStorage::Absent)
+    );
+    let body = cache.nar(&file).await.unwrap().unwrap().body;
+    assert_eq!(read_all(body).await.unwrap(), f.nar);
+    tokio::time::timeout(STEP, storage.stored.notified())
+        .await
+        .expect("the NAR was never stored");
+    // The bytes are in storage and the database has not caught up (a kill
+    // now would leave it so): it must not say "not stored".
+    assert!(storage.head(&file.storage_key()).await.unwrap().is_some());
+    assert_eq!(
+        db.get_nar_storage(file.as_str()).await.unwrap(),
+        Some(NarStorage::Unknown)
+    );
+}
