@@ -139,7 +139,8 @@ pub enum NarStorage {
     Absent,
     /// In storage, this many bytes.
     Stored(u64),
-    /// Not known (recorded before the database tracked it, or copied from
+    /// Not known (being downloaded, a download that ended without being
+    /// recorded, recorded before the database tracked it, or copied from
     /// another database): look in storage.
     Unknown,
 }
