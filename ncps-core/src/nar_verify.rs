@@ -104,6 +104,30 @@ struct Bounds {
     nar_size: Option<u64>,
 }
 
+impl Bounds {
+    /// Whether `file_len` bytes of the file are still within bounds.
+    fn check(&self, file_len: u64) -> io::Result<()> {
+        match *self {
+            Bounds {
+                file_size: Some(size),
+                ..
+            } if file_len > size => Err(invalid(format!(
+                "NAR file is larger than its FileSize {size}"
+            ))),
+            // Without a FileSize, an endless body is still cut: no
+            // compression makes a NAR much larger than it is.
+            Bounds {
+                file_size: None,
+                nar_size: Some(nar_size),
+            } if file_len > max_file_size(nar_size) => Err(invalid(format!(
+                "NAR file is larger than {} bytes, too large for its NarSize {nar_size}",
+                max_file_size(nar_size),
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What decides, once a NAR file is read, whether it passes.
 type Judge = Box<dyn FnOnce(Measured) -> io::Result<()> + Send>;
 
@@ -197,7 +221,6 @@ const AHEAD: usize = 16;
 /// The checks themselves: fed every chunk in order, then asked for a verdict.
 struct Checker {
     compression: String,
-    bounds: Bounds,
     judge: Option<Judge>,
     file: HashingCounter,
     nar: Arc<Mutex<HashingCounter>>,
@@ -223,34 +246,10 @@ impl Checker {
     }
 
     async fn take(&mut self, chunk: &[u8]) -> io::Result<()> {
-        let file_len = if self.uncompressed {
+        if self.uncompressed {
             self.file_len += chunk.len() as u64;
-            self.file_len
         } else {
             self.file.update(chunk);
-            self.file.len()
-        };
-        match self.bounds {
-            Bounds {
-                file_size: Some(size),
-                ..
-            } if file_len > size => {
-                return Err(invalid(format!(
-                    "NAR file is larger than its FileSize {size}"
-                )));
-            }
-            // Without a FileSize, an endless body is still cut: no
-            // compression makes a NAR much larger than it is.
-            Bounds {
-                file_size: None,
-                nar_size: Some(nar_size),
-            } if file_len > max_file_size(nar_size) => {
-                return Err(invalid(format!(
-                    "NAR file is larger than {} bytes, too large for its NarSize {nar_size}",
-                    max_file_size(nar_size),
-                )));
-            }
-            _ => {}
         }
         let written = self.decoder.write_all(chunk).await;
         if self.uncompressed {
@@ -335,6 +334,11 @@ impl Drop for Checks {
 
 struct State {
     input: ByteStream,
+    /// Checked here, before a chunk is passed on, not in the checks' task:
+    /// a body that runs past them must never reach its consumer whole.
+    bounds: Bounds,
+    /// Bytes of the file so far.
+    file_len: u64,
     checks: Checks,
     held: Option<Bytes>,
     finished: bool,
@@ -348,6 +352,10 @@ impl State {
         loop {
             match self.input.next().await {
                 Some(Ok(chunk)) => {
+                    self.file_len += chunk.len() as u64;
+                    if let Err(e) = self.bounds.check(self.file_len) {
+                        return self.fail(e);
+                    }
                     if !self.checks.feed(chunk.clone()).await {
                         let e = match self.checks.verdict().await {
                             Err(e) => e,
@@ -425,7 +433,6 @@ fn checking(
     let checker = Checker {
         compression: compression.to_owned(),
         uncompressed: compression == "none",
-        bounds,
         judge: Some(judge),
         file_len: 0,
         file: HashingCounter::default(),
@@ -434,6 +441,8 @@ fn checking(
     };
     let state = State {
         input,
+        bounds,
+        file_len: 0,
         checks: Checks {
             idle: Some(checker),
             chunks: None,
@@ -557,6 +566,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_past_its_file_size_never_reaches_the_consumer_whole() {
+        let nar = nar_bytes();
+        // The right bytes, then more: the consumer must not get all of the
+        // NAR (with a Content-Length of FileSize, it would look complete).
+        let mut longer = nar.clone();
+        longer.extend(std::iter::repeat_n(0u8, 100 * 1000));
+        let mut stream = verified(chunks(&longer), check("none", &nar, &nar)).unwrap();
+        let mut received = 0;
+        let mut failed = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(c) => received += c.len(),
+                Err(e) => failed = Some(e),
+            }
+        }
+        let e = failed.expect("no error");
+        assert!(e.to_string().contains("FileSize"), "{e}");
+        assert!(received < nar.len(), "{received} bytes passed on");
+    }
+
+    #[tokio::test]
     async fn cuts_an_endless_body_without_file_size() {
         let nar = nar_bytes();
         let file = xz(&nar).await;
@@ -582,9 +612,7 @@ mod tests {
             collect(verified(Box::pin(endless), c).unwrap())
                 .await
                 .unwrap_err();
-            // The checks may lag the stream by the chunks in flight.
-            let ahead = (AHEAD as u64 + 2) * 4096;
-            assert!(*pulled.lock().unwrap() <= limit + ahead, "{compression}");
+            assert!(*pulled.lock().unwrap() <= limit + 4096, "{compression}");
         }
         assert!(limit > nar.len() as u64);
     }
