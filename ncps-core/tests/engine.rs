@@ -24,6 +24,15 @@ fn setup(upstreams: &[(&TestUpstream, &SigningKey, Option<u32>)]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> =
         Arc::new(ncps_store::LocalStorage::new(dir.path().join("store")).unwrap());
+    setup_with(dir, storage, upstreams)
+}
+
+/// [`setup`] with the given storage; the database goes in `dir`.
+fn setup_with(
+    dir: tempfile::TempDir,
+    storage: Arc<dyn Storage>,
+    upstreams: &[(&TestUpstream, &SigningKey, Option<u32>)],
+) -> Setup {
     let db: Arc<dyn ncps_core::MetadataDb> =
         Arc::new(ncps_db::SqliteDb::open(dir.path().join("db.sqlite")).unwrap());
     let lock = Arc::new(ncps_lock::LocalLock::new());
@@ -515,18 +524,9 @@ async fn a_nar_in_storage_is_never_recorded_as_absent() {
         inner: ncps_store::LocalStorage::new(dir.path().join("store")).unwrap(),
         stored: tokio::sync::Notify::new(),
     });
-    let db: Arc<dyn ncps_core::MetadataDb> =
-        Arc::new(ncps_db::SqliteDb::open(dir.path().join("db.sqlite")).unwrap());
-    let mut config = UpstreamConfig::parse(&upstream.url).unwrap();
-    config.public_keys.push(key.public_key());
-    let cache = Cache::new(
-        storage.clone(),
-        Arc::new(ncps_lock::LocalLock::new()),
-        db.clone(),
-        vec![Upstream::new(config, UpstreamOptions::default()).unwrap()],
-        SigningKey::generate("proxy-1"),
-        CacheOptions::default(),
-    );
+    let Setup {
+        cache, db, _dir, ..
+    } = setup_with(dir, storage.clone(), &[(&upstream, &key, None)]);
     let file = NarFile::for_narinfo(&f.info).unwrap();
     cache.narinfo(&f.hash()).await.unwrap().unwrap();
     assert_eq!(
