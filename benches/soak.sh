@@ -5,21 +5,36 @@
 # the whole run), and narinfos no upstream has. Every NAR body is checked
 # against the FileHash of the narinfo the proxy served.
 #
+# Hits go to the most recently fetched paths (NCPS_SOAK_HOT_SET of them), a
+# popular set that moves on as new paths arrive, as when a team's machines
+# fetch the closures of their latest builds. Its size stays the same after
+# the warm-up, so memory that still grows is a leak, not a cache filling
+# up. NCPS_SOAK_HOT_SET=0 spreads hits over every path fetched so far: then
+# the hot-narinfo cache and the access records grow with the run (about
+# 1.1 KB per path, up to their bounds) and RSS grows with them.
+#
 # Passes when no request failed and the server's RSS stayed flat: after the
-# warm-up (the first fifth of the run, at least 10 s), no sample is more
-# than 10% above the first minute's median (the first sample's when the
-# run is shorter).
+# warm-up, no sample is more than 10% above the median of the first minute
+# after it (the first sample's when the run is shorter).
+#
+# The warm-up lasts as long as the server's caches take to reach their
+# steady size: the negative cache keeps an absent narinfo for 5 minutes
+# (--cache-negative-narinfo-ttl), so until then it only grows. The load
+# runs through the warm-up and then NCPS_SOAK_SECONDS more.
 #
 # Needs: cargo, nix (nix-bin), python3, curl. Loopback only.
 #
-#   benches/soak.sh                         # 10 minutes
-#   NCPS_SOAK_SECONDS=60 benches/soak.sh    # 1 minute
+#   benches/soak.sh                         # 5 minutes' warm-up, 10 measured
+#   NCPS_SOAK_WARMUP=10 NCPS_SOAK_SECONDS=60 benches/soak.sh    # a quick look
 #
 # Environment:
-#   NCPS_SOAK_SECONDS   how long the load runs (default 600)
+#   NCPS_SOAK_SECONDS   how long the load runs after the warm-up (default 600)
+#   NCPS_SOAK_WARMUP    how long the warm-up lasts (default 300)
 #   NCPS_SOAK_CLIENTS   concurrent clients (default 32)
-#   NCPS_SOAK_PATHS     store paths in the upstream (default 3 per second of run, at least 200)
+#   NCPS_SOAK_PATHS     store paths in the upstream (default 3 per second, at least 200)
 #   NCPS_SOAK_ABSENT    share of requests for narinfos no upstream has (default 0.05)
+#   NCPS_SOAK_HOT_SET   hits go to this many most recently fetched paths (default
+#                       300, filled within the warm-up; 0 = every path fetched)
 #   NCPS_SOAK_NO_BUILD=1  skip `cargo build --release -p ncps-server`
 #   NCPS_SOAK_BIN       the server binary (default target/release/ncps-server)
 #
@@ -27,7 +42,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SECONDS_RUN=${NCPS_SOAK_SECONDS:-600}
+WARMUP=${NCPS_SOAK_WARMUP:-300}
+SECONDS_RUN=$((WARMUP + ${NCPS_SOAK_SECONDS:-600}))
 CLIENTS=${NCPS_SOAK_CLIENTS:-32}
 PATHS=${NCPS_SOAK_PATHS:-$((SECONDS_RUN * 3 > 200 ? SECONDS_RUN * 3 : 200))}
 
@@ -131,16 +147,18 @@ wait_http "http://127.0.0.1:$PROXY_PORT/healthz" "$SERVER_PID" || {
     cat "$WORK/server.log" >&2
     exit 1
 }
-log "ncps-server pid $SERVER_PID; $CLIENTS clients for ${SECONDS_RUN}s"
+log "ncps-server pid $SERVER_PID; $CLIENTS clients for ${SECONDS_RUN}s (${WARMUP}s warm-up); hits over the ${NCPS_SOAK_HOT_SET:-300} latest paths (0 = all)"
 
 # 4. The load, with RSS samples every 5 s.
 set +e
-python3 - "http://127.0.0.1:$PROXY_PORT" "$WORK/paths" "$SERVER_PID" "$SECONDS_RUN" "$CLIENTS" "${NCPS_SOAK_ABSENT:-0.05}" <<'PY'
+python3 - "http://127.0.0.1:$PROXY_PORT" "$WORK/paths" "$SERVER_PID" "$SECONDS_RUN" "$CLIENTS" "${NCPS_SOAK_ABSENT:-0.05}" "${NCPS_SOAK_HOT_SET:-300}" "$WARMUP" <<'PY'
 import hashlib, http.client, random, statistics, sys, threading, time
 from urllib.parse import urlsplit
 
 base, paths_file, pid, duration, clients = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 absent_share = float(sys.argv[6])
+hot_set = int(sys.argv[7])
+warmup = float(sys.argv[8])
 hashes = [p.strip().split("/")[-1][:32] for p in open(paths_file) if p.strip()]
 ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
 
@@ -186,7 +204,8 @@ def pick(rng):
         asked = next_miss
     if rng.random() < absent_share or asked == 0:
         return "absent", "".join(rng.choice(ALPHABET) for _ in range(32))
-    return "hit", hashes[rng.randrange(asked)]
+    oldest = max(0, asked - hot_set) if hot_set > 0 else 0
+    return "hit", hashes[rng.randrange(oldest, asked)]
 
 def fail(msg):
     with lock:
@@ -250,7 +269,6 @@ while any(t.is_alive() for t in threads):
 for t in threads:
     t.join()
 
-warmup = max(10.0, duration / 5)
 after = [(t, r) for t, r in samples if t > warmup]
 first_minute = [r for t, r in after if t <= warmup + 60] or [r for _, r in after[:1]]
 ok = True

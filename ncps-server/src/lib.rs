@@ -23,3 +23,5 @@ pub mod routing;
 pub mod server;
 pub mod service;
 pub mod writes;
+#[cfg(all(target_os = "linux", feature = "local-storage"))]
+mod zero_copy;

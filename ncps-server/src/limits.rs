@@ -145,15 +145,25 @@ pub(crate) async fn watchdog(activity: &Activity, idle: Duration, stall: Duratio
     }
 }
 
+/// A connection's stream: sends mapped NAR slices with `sendfile(2)` where
+/// it can (`zero_copy.rs`).
+#[cfg(all(target_os = "linux", feature = "local-storage"))]
+type Stream = crate::zero_copy::ZeroCopy;
+#[cfg(not(all(target_os = "linux", feature = "local-storage")))]
+type Stream = TcpStream;
+
 /// A TCP stream that tells its [`Activity`] whenever a byte moves.
 pub(crate) struct Watched {
-    stream: TcpStream,
+    stream: Stream,
     activity: Arc<Activity>,
 }
 
 impl Watched {
     pub(crate) fn new(stream: TcpStream, activity: Arc<Activity>) -> Watched {
-        Watched { stream, activity }
+        Watched {
+            stream: Stream::from(stream),
+            activity,
+        }
     }
 }
 
