@@ -1,25 +1,19 @@
 //! `LocalStorage`: objects as files under a root directory.
 
-use std::io::{self, Seek};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
 use ncps_core::{ByteStream, Error, Incomplete, Result, Storage, StoredObject};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
+use tokio::io::AsyncWriteExt;
 
 use crate::{ObjectInfo, mapped};
 
 /// Name of the directory under the root where `put` writes before renaming.
 const TMP_DIR: &str = ".tmp";
-
-/// Buffer size of the streams `get` returns for objects too small to map
-/// (see [`mapped`]): large enough that a fast client costs few reads (each
-/// is a hop to tokio's blocking pool), small enough that hundreds of
-/// concurrent downloads stay within the memory budget.
-const READ_BUFFER: usize = 256 * 1024;
 
 /// Distinguishes temporary files written by one process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -38,59 +32,60 @@ pub struct LocalStorage {
     tmp: PathBuf,
 }
 
-/// An open stored file and its size.
-struct OpenFile {
-    file: std::fs::File,
-    size: u64,
+/// A stored file's bytes as opened: a range worth mapping, or a small one
+/// already read.
+enum Opened {
+    Map {
+        file: std::fs::File,
+        start: u64,
+        end: u64,
+    },
+    Read(Bytes),
 }
 
-impl OpenFile {
-    /// The bytes from `offset` on, at most `len` of them: slices of a memory
-    /// map when there are at least [`mapped::MAP_THRESHOLD`], else read in
-    /// chunks through tokio's blocking pool.
-    fn body(self, offset: u64, len: u64) -> io::Result<ByteStream> {
-        let start = offset.min(self.size);
-        let end = start.saturating_add(len).min(self.size);
-        if end - start >= mapped::MAP_THRESHOLD {
-            return Ok(mapped::stream(self.file, start, end));
+impl Opened {
+    fn body(self) -> ByteStream {
+        match self {
+            Opened::Map { file, start, end } => mapped::stream(file, start, end),
+            Opened::Read(bytes) if bytes.is_empty() => Box::pin(futures::stream::empty()),
+            Opened::Read(bytes) => Box::pin(futures::stream::once(async { Ok(bytes) })),
         }
-        let mut file = self.file;
-        if start > 0 {
-            file.seek(io::SeekFrom::Start(start))?;
-        }
-        let file = tokio::fs::File::from_std(file).take(end - start);
-        // No larger than what is read: each chunk keeps its whole buffer
-        // alive until it is sent, and a 256 KiB block per small hit left
-        // malloc's arenas fragmented and growing (the soak test).
-        let capacity =
-            usize::try_from(end - start).map_or(READ_BUFFER, |n| n.clamp(1, READ_BUFFER));
-        Ok(Box::pin(ReaderStream::with_capacity(file, capacity)))
     }
 }
 
 impl LocalStorage {
     /// Opens the file of `key`; `None` if there is none (or it is not a file).
-    async fn open(&self, key: &str) -> Result<Option<OpenFile>> {
+    /// Opens `key` and takes the bytes from `offset` on, at most `len` of
+    /// them, in one call to tokio's blocking pool: a range of at least
+    /// [`mapped::MAP_THRESHOLD`] bytes is served from memory maps; a smaller
+    /// one is read there and then, so a small NAR hit leaves the runtime once,
+    /// not once per read. Returns the file's size too.
+    async fn open(&self, key: &str, offset: u64, len: u64) -> Result<Option<(u64, Opened)>> {
         let path = self.path_for(key)?;
         let opened = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path)?;
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if is_missing(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            };
             let metadata = file.metadata()?;
-            Ok::<_, io::Error>((file, metadata))
+            if !metadata.is_file() {
+                return Ok(None);
+            }
+            let size = metadata.len();
+            let start = offset.min(size);
+            let end = start.saturating_add(len).min(size);
+            if end - start >= mapped::MAP_THRESHOLD {
+                return Ok(Some((size, Opened::Map { file, start, end })));
+            }
+            // Under MAP_THRESHOLD, so it fits in usize.
+            let mut bytes = vec![0; (end - start) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start)?;
+            Ok(Some((size, Opened::Read(Bytes::from(bytes)))))
         })
         .await
-        .map_err(|e| Error::backend(format!("opening {key}"), e))?;
-        let (file, metadata) = match opened {
-            Ok(opened) => opened,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(Error::backend(format!("opening {key}"), e)),
-        };
-        if !metadata.is_file() {
-            return Ok(None);
-        }
-        Ok(Some(OpenFile {
-            file,
-            size: metadata.len(),
-        }))
+        .map_err(|e| Error::backend(format!("reading {key}"), e))?;
+        opened.map_err(|e| Error::backend(format!("reading {key}"), e))
     }
 
     /// Storage under `root`, creating the directory (and its `.tmp`
@@ -266,14 +261,13 @@ impl Storage for LocalStorage {
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<StoredObject>> {
-        let Some(object) = self.open(key).await? else {
+        let Some((size, opened)) = self.open(key, offset, len).await? else {
             return Ok(None);
         };
-        let size = object.size;
-        let body = object
-            .body(offset, len)
-            .map_err(|e| Error::backend(format!("reading {key}"), e))?;
-        Ok(Some(StoredObject { size, body }))
+        Ok(Some(StoredObject {
+            size,
+            body: opened.body(),
+        }))
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
