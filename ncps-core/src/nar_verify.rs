@@ -100,8 +100,11 @@ struct Bounds {
     /// The file's exact size (`FileSize:`), if known.
     file_size: Option<u64>,
     /// The NAR's exact size (`NarSize:`), if known; without a `FileSize` it
-    /// also bounds the file ([`max_file_size`]).
+    /// also bounds the file: exactly when `uncompressed`, else
+    /// [`max_file_size`].
     nar_size: Option<u64>,
+    /// Whether the file is the NAR itself (`Compression: none`).
+    uncompressed: bool,
 }
 
 impl Bounds {
@@ -114,11 +117,21 @@ impl Bounds {
             } if file_len > size => Err(invalid(format!(
                 "NAR file is larger than its FileSize {size}"
             ))),
+            // Without a FileSize, an uncompressed file is the NAR: cut it
+            // at the first byte past NarSize.
+            Bounds {
+                file_size: None,
+                nar_size: Some(nar_size),
+                uncompressed: true,
+            } if file_len > nar_size => Err(invalid(format!(
+                "NAR file (Compression: none) is larger than its NarSize {nar_size}"
+            ))),
             // Without a FileSize, an endless body is still cut: no
             // compression makes a NAR much larger than it is.
             Bounds {
                 file_size: None,
                 nar_size: Some(nar_size),
+                ..
             } if file_len > max_file_size(nar_size) => Err(invalid(format!(
                 "NAR file is larger than {} bytes, too large for its NarSize {nar_size}",
                 max_file_size(nar_size),
@@ -394,6 +407,7 @@ pub fn verified(input: ByteStream, check: NarCheck) -> Result<ByteStream> {
     let bounds = Bounds {
         file_size: check.file_size,
         nar_size: Some(check.nar_size),
+        uncompressed: check.compression == "none",
     };
     let compression = check.compression.clone();
     checking(
@@ -583,6 +597,30 @@ mod tests {
         }
         let e = failed.expect("no error");
         assert!(e.to_string().contains("FileSize"), "{e}");
+        assert!(received < nar.len(), "{received} bytes passed on");
+    }
+
+    #[tokio::test]
+    async fn an_uncompressed_body_past_its_nar_size_never_reaches_the_consumer_whole() {
+        // As above without a FileSize: an uncompressed file is cut at NarSize,
+        // not at the slack compressed files get (max_file_size).
+        let nar = nar_bytes();
+        let mut longer = nar.clone();
+        longer.extend(std::iter::repeat_n(0u8, 100 * 1000));
+        let mut c = check("none", &nar, &nar);
+        c.file_size = None;
+        c.file_hash = None;
+        let mut stream = verified(chunks(&longer), c).unwrap();
+        let mut received = 0;
+        let mut failed = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(c) => received += c.len(),
+                Err(e) => failed = Some(e),
+            }
+        }
+        let e = failed.expect("no error");
+        assert!(e.to_string().contains("NarSize"), "{e}");
         assert!(received < nar.len(), "{received} bytes passed on");
     }
 
