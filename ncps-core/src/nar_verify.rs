@@ -584,9 +584,17 @@ mod tests {
         let nar = nar_bytes();
         // The right bytes, then more: the consumer must not get all of the
         // NAR (with a Content-Length of FileSize, it would look complete).
-        let mut longer = nar.clone();
+        let (received, e) = past_the_end(&nar, check("none", &nar, &nar)).await;
+        assert!(e.to_string().contains("FileSize"), "{e}");
+        assert!(received < nar.len(), "{received} bytes passed on");
+    }
+
+    /// Checks `nar` followed by 100,000 more bytes against `check`: how many
+    /// bytes the consumer got, and the error the stream ended with.
+    async fn past_the_end(nar: &[u8], check: NarCheck) -> (usize, io::Error) {
+        let mut longer = nar.to_vec();
         longer.extend(std::iter::repeat_n(0u8, 100 * 1000));
-        let mut stream = verified(chunks(&longer), check("none", &nar, &nar)).unwrap();
+        let mut stream = verified(chunks(&longer), check).unwrap();
         let mut received = 0;
         let mut failed = None;
         while let Some(item) = stream.next().await {
@@ -595,9 +603,7 @@ mod tests {
                 Err(e) => failed = Some(e),
             }
         }
-        let e = failed.expect("no error");
-        assert!(e.to_string().contains("FileSize"), "{e}");
-        assert!(received < nar.len(), "{received} bytes passed on");
+        (received, failed.expect("no error"))
     }
 
     #[tokio::test]
@@ -605,21 +611,10 @@ mod tests {
         // As above without a FileSize: an uncompressed file is cut at NarSize,
         // not at the slack compressed files get (max_file_size).
         let nar = nar_bytes();
-        let mut longer = nar.clone();
-        longer.extend(std::iter::repeat_n(0u8, 100 * 1000));
         let mut c = check("none", &nar, &nar);
         c.file_size = None;
         c.file_hash = None;
-        let mut stream = verified(chunks(&longer), c).unwrap();
-        let mut received = 0;
-        let mut failed = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(c) => received += c.len(),
-                Err(e) => failed = Some(e),
-            }
-        }
-        let e = failed.expect("no error");
+        let (received, e) = past_the_end(&nar, c).await;
         assert!(e.to_string().contains("NarSize"), "{e}");
         assert!(received < nar.len(), "{received} bytes passed on");
     }
