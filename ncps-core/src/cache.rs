@@ -20,7 +20,7 @@ use crate::negative_cache::NegativeCache;
 use crate::upstream::Upstream;
 use crate::{
     ByteStream, CacheInfo, Error, Lock, LockGuard, MetadataDb, NarInfo, NarInfoRecord, NarRecord,
-    PublicKey, Result, SigningKey, Storage, StorageUsage, StorePathHash,
+    PublicKey, Result, ServedNarinfo, SigningKey, Storage, StorageUsage, StorePathHash,
 };
 use crate::{NarStorage, eviction::Backends};
 
@@ -397,6 +397,13 @@ impl Cache {
     /// The narinfo of `hash` as this cache serves it, fetching it from the
     /// upstreams on a miss. Never downloads the NAR.
     pub async fn narinfo(&self, hash: &StorePathHash) -> Result<Option<String>> {
+        let served = self.served_narinfo(hash).await?;
+        Ok(served.map(|narinfo| narinfo.as_str().to_owned()))
+    }
+
+    /// [`Cache::narinfo`] with its entity tag, as an HTTP server sends it: a
+    /// hot narinfo comes from memory without copying or hashing its text.
+    pub async fn served_narinfo(&self, hash: &StorePathHash) -> Result<Option<ServedNarinfo>> {
         let db = &self.inner.db;
         if let Some(hot) = self.inner.hot.get(hash.as_str()) {
             self.inner.metrics.cache_hit(Kind::Narinfo);
@@ -404,19 +411,20 @@ impl Cache {
                 .access
                 .narinfo(hash.as_str(), &hot.nar_file, now());
             self.inner.access.count(counter::NARINFO_HITS, 1);
-            return Ok(Some(hot.narinfo.to_string()));
+            return Ok(Some(hot.narinfo));
         }
         if let Some(record) = db.get_narinfo(hash.as_str()).await? {
+            let served = ServedNarinfo::new(record.narinfo);
             self.inner
                 .hot
-                .insert(&record.hash, &record.narinfo, &record.nar_file);
+                .insert(&record.hash, &served, &record.nar_file);
             self.inner.metrics.cache_hit(Kind::Narinfo);
             // Recorded in memory; written in the next batch (see `access_log`).
             self.inner
                 .access
                 .narinfo(&record.hash, &record.nar_file, now());
             self.inner.access.count(counter::NARINFO_HITS, 1);
-            return Ok(Some(record.narinfo));
+            return Ok(Some(served));
         }
         self.inner.metrics.cache_miss(Kind::Narinfo);
         if self.inner.negative.is_absent(hash.as_str()) {
@@ -428,7 +436,7 @@ impl Cache {
             None => self.pull_narinfo(hash).await,
         };
         guard.release().await?;
-        result
+        Ok(result?.map(ServedNarinfo::new))
     }
 
     /// Waits for and takes the lock of one download.

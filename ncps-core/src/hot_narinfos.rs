@@ -13,11 +13,13 @@ pub(crate) const HOT_TTL: Duration = Duration::from_secs(30);
 
 use quick_cache::sync::Cache;
 
+use crate::ServedNarinfo;
+
 /// A narinfo as served, with the NAR file it names (for access records).
 #[derive(Clone, Debug)]
 pub(crate) struct HotNarinfo {
-    /// The narinfo text, signed as served.
-    pub(crate) narinfo: Arc<str>,
+    /// The narinfo as served, with its entity tag.
+    pub(crate) narinfo: ServedNarinfo,
     /// Its NAR file, `<hash>.nar[.ext]`.
     pub(crate) nar_file: Arc<str>,
     /// When it was read from the database.
@@ -65,13 +67,13 @@ impl HotNarinfos {
     }
 
     /// Remembers the narinfo of `hash`.
-    pub(crate) fn insert(&self, hash: &str, narinfo: &str, nar_file: &str) {
+    pub(crate) fn insert(&self, hash: &str, narinfo: &ServedNarinfo, nar_file: &str) {
         if let Some(cache) = &self.cache {
             self.sweep(cache, HOT_TTL);
             cache.insert(
                 hash.to_owned(),
                 HotNarinfo {
-                    narinfo: narinfo.into(),
+                    narinfo: narinfo.clone(),
                     nar_file: nar_file.into(),
                     at: Instant::now(),
                 },
@@ -113,17 +115,21 @@ impl HotNarinfos {
 mod tests {
     use super::*;
 
+    fn served(text: &str) -> ServedNarinfo {
+        ServedNarinfo::new(text.to_owned())
+    }
+
     #[test]
     fn keeps_forgets_and_stays_bounded() {
         let hot = HotNarinfos::new(10);
-        hot.insert("a", "StorePath: a", "a.nar");
-        assert_eq!(&*hot.get("a").unwrap().narinfo, "StorePath: a");
+        hot.insert("a", &served("StorePath: a"), "a.nar");
+        assert_eq!(hot.get("a").unwrap().narinfo.as_str(), "StorePath: a");
         assert_eq!(hot.hash_naming("a.nar").as_deref(), Some("a"));
         assert_eq!(hot.hash_naming("b.nar"), None);
         hot.remove("a");
         assert!(hot.get("a").is_none());
         for i in 0..100 {
-            hot.insert(&i.to_string(), "x", "x.nar");
+            hot.insert(&i.to_string(), &served("x"), "x.nar");
         }
         let kept = (0..100)
             .filter(|i| hot.get(&i.to_string()).is_some())
@@ -132,14 +138,14 @@ mod tests {
         // Old entries are swept out.
         let ttl = Duration::from_millis(20);
         let young = HotNarinfos::new(10);
-        young.insert("old", "x", "x.nar");
+        young.insert("old", &served("x"), "x.nar");
         std::thread::sleep(ttl * 2);
         young.sweep(young.cache.as_ref().unwrap(), ttl);
-        young.insert("new", "y", "y.nar");
+        young.insert("new", &served("y"), "y.nar");
         assert_eq!(young.len(), 1);
         assert!(young.get("new").is_some());
         let none = HotNarinfos::new(0);
-        none.insert("a", "x", "x.nar");
+        none.insert("a", &served("x"), "x.nar");
         assert!(none.get("a").is_none());
     }
 }

@@ -60,6 +60,7 @@ pub mod negative_cache;
 pub mod netrc;
 pub mod nix32;
 pub mod pins;
+pub mod served_narinfo;
 pub mod signing;
 pub mod storage;
 pub mod store_path;
@@ -77,6 +78,7 @@ pub use metadata::{
     MetadataDb, NarInfoRecord, NarRecord, NarStorage, PinRecord, StorageUsage, StoredNar,
 };
 pub use narinfo::NarInfo;
+pub use served_narinfo::ServedNarinfo;
 pub use signing::{PublicKey, Signature, SigningKey};
 pub use storage::{ByteStream, Incomplete, Storage, StoredObject};
 pub use store_path::{StorePath, StorePathHash};

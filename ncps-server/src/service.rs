@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use ncps_core::cache::PEER_HEADER;
 use ncps_core::nar_file::NarFile;
-use ncps_core::{Cache, Error, NixHash, StorePathHash};
+use ncps_core::{Cache, Error, StorePathHash};
 
 use crate::encoding;
 use crate::metrics::ServerMetrics;
@@ -54,15 +54,20 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-fn text(status: StatusCode, content_type: &str, body: String, head: bool) -> Response<Body> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+    head: bool,
+) -> Response<Body> {
+    let body = body.into();
     let len = body.len();
     let body = if head { full(Bytes::new()) } else { full(body) };
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        content_type.parse().expect("static content type"),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response.headers_mut().insert(CONTENT_LENGTH, len.into());
     response
 }
@@ -245,14 +250,13 @@ async fn narinfo(
     hash: StorePathHash,
     head: bool,
 ) -> Response<Body> {
-    match state.cache.narinfo(&hash).await {
-        Ok(Some(text)) => {
-            let etag = format!("\"{}\"", &NixHash::digest(text.as_bytes()).to_nix32()[..32]);
-            if not_modified(request, &etag) {
-                return not_modified_response(&etag);
+    match state.cache.served_narinfo(&hash).await {
+        Ok(Some(narinfo)) => {
+            if not_modified(request, &narinfo.etag) {
+                return not_modified_response(&narinfo.etag);
             }
-            let response = self::text(StatusCode::OK, "text/x-nix-narinfo", text, head);
-            with_cache_headers(response, Some(&etag))
+            let response = self::text(StatusCode::OK, "text/x-nix-narinfo", narinfo.text, head);
+            with_cache_headers(response, Some(&narinfo.etag))
         }
         Ok(None) => with_cache_headers(
             plain(
