@@ -51,6 +51,8 @@ mod key;
 mod local;
 #[cfg(feature = "local")]
 mod mapped;
+#[cfg(feature = "local")]
+mod open_files;
 #[cfg(feature = "s3")]
 mod s3;
 

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use futures::StreamExt;
 use ncps_core::{ByteStream, Error, Incomplete, Result, Storage, StoredObject};
 use tokio::io::AsyncWriteExt;
 
+use crate::open_files::{self, OpenFile, OpenFiles};
 use crate::{ObjectInfo, mapped};
 
 /// Name of the directory under the root where `put` writes before renaming.
@@ -26,17 +28,22 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// `delete` unlinks. A stored file is never truncated or rewritten in place,
 /// which is what makes serving large ones from memory maps sound: nothing
 /// else may truncate or rewrite files under the root.
+///
+/// Files read are kept open for a while, as nginx's `open_file_cache` does
+/// (up to 1000, or a quarter of the descriptor limit; 30 s each), so a
+/// repeated hit skips `open` and `fstat`. Clones share them.
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
     tmp: PathBuf,
+    open_files: Arc<OpenFiles>,
 }
 
 /// A stored file's bytes as opened: a range worth mapping, or a small one
 /// already read.
 enum Opened {
     Map {
-        file: std::fs::File,
+        file: Arc<std::fs::File>,
         start: u64,
         end: u64,
     },
@@ -54,38 +61,49 @@ impl Opened {
 }
 
 impl LocalStorage {
-    /// Opens the file of `key`; `None` if there is none (or it is not a file).
-    /// Opens `key` and takes the bytes from `offset` on, at most `len` of
-    /// them, in one call to tokio's blocking pool: a range of at least
+    /// The bytes of `key` from `offset` on, at most `len` of them, with the
+    /// file's size; `None` if there is no such file. A range of at least
     /// [`mapped::MAP_THRESHOLD`] bytes is served from memory maps; a smaller
-    /// one is read there and then, so a small NAR hit leaves the runtime once,
-    /// not once per read. Returns the file's size too.
+    /// one is read there and then. A file kept open whose bytes are mapped
+    /// or already in the page cache is served without leaving the runtime;
+    /// otherwise opening, sizing and reading take one call to tokio's
+    /// blocking pool, not one per step.
     async fn open(&self, key: &str, offset: u64, len: u64) -> Result<Option<(u64, Opened)>> {
+        validate_key(key)?;
+        let kept = self.open_files.get(key);
+        if let Some(open) = &kept
+            && let Some(opened) = take(open, offset, len, open_files::read_cached)
+        {
+            return Ok(Some((open.size, opened)));
+        }
+        let generation = self.open_files.generation();
         let path = self.path_for(key)?;
         let opened = tokio::task::spawn_blocking(move || {
-            let file = match std::fs::File::open(&path) {
-                Ok(file) => file,
-                Err(e) if is_missing(&e) => return Ok(None),
-                Err(e) => return Err(e),
+            let open = match kept {
+                Some(open) => open,
+                None => match open_file(&path)? {
+                    Some(open) => open,
+                    None => return Ok(None),
+                },
             };
-            let metadata = file.metadata()?;
-            if !metadata.is_file() {
-                return Ok(None);
+            let opened = take(&open, offset, len, |file, offset, len| {
+                open_files::read(file, offset, len).ok()
+            });
+            match opened {
+                Some(opened) => Ok(Some((open, opened))),
+                None => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than it was",
+                )),
             }
-            let size = metadata.len();
-            let start = offset.min(size);
-            let end = start.saturating_add(len).min(size);
-            if end - start >= mapped::MAP_THRESHOLD {
-                return Ok(Some((size, Opened::Map { file, start, end })));
-            }
-            // Under MAP_THRESHOLD, so it fits in usize.
-            let mut bytes = vec![0; (end - start) as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start)?;
-            Ok(Some((size, Opened::Read(Bytes::from(bytes)))))
         })
         .await
+        .map_err(|e| Error::backend(format!("reading {key}"), e))?
         .map_err(|e| Error::backend(format!("reading {key}"), e))?;
-        opened.map_err(|e| Error::backend(format!("reading {key}"), e))
+        Ok(opened.map(|(open, opened)| {
+            self.open_files.insert(key, &open, generation);
+            (open.size, opened)
+        }))
     }
 
     /// Storage under `root`, creating the directory (and its `.tmp`
@@ -96,7 +114,11 @@ impl LocalStorage {
         std::fs::create_dir_all(&tmp).map_err(|e| {
             Error::backend(format!("creating storage directory {}", tmp.display()), e)
         })?;
-        Ok(LocalStorage { root, tmp })
+        Ok(LocalStorage {
+            root,
+            tmp,
+            open_files: Arc::new(OpenFiles::new(open_files::capacity())),
+        })
     }
 
     /// The root directory.
@@ -128,6 +150,38 @@ impl LocalStorage {
         self.tmp
             .join(format!("{}-{n}-{r:016x}.part", std::process::id()))
     }
+}
+
+/// Opens the file at `path`; `None` if there is none (or it is not a file).
+fn open_file(path: &Path) -> io::Result<Option<OpenFile>> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(OpenFile::new(file, metadata.len())))
+}
+
+/// The bytes of `open` from `offset` on, at most `len`: mapped if at least
+/// [`mapped::MAP_THRESHOLD`], else read with `read` (`None` if it could not).
+fn take(
+    open: &OpenFile,
+    offset: u64,
+    len: u64,
+    read: impl FnOnce(&std::fs::File, u64, usize) -> Option<Bytes>,
+) -> Option<Opened> {
+    let start = offset.min(open.size);
+    let end = start.saturating_add(len).min(open.size);
+    if end - start >= mapped::MAP_THRESHOLD {
+        let file = open.file.clone();
+        return Some(Opened::Map { file, start, end });
+    }
+    // Under MAP_THRESHOLD, so it fits in usize.
+    read(&open.file, start, (end - start) as usize).map(Opened::Read)
 }
 
 /// Applies the common key rules and rejects keys inside the temporary
@@ -253,6 +307,7 @@ impl Storage for LocalStorage {
             .await
             .map_err(|e| Error::backend(format!("renaming {key} into place"), e))?;
         tmp.persisted = true;
+        self.open_files.forget(key);
         Ok(written)
     }
 
@@ -285,7 +340,10 @@ impl Storage for LocalStorage {
             return Ok(false);
         }
         let path = self.path_for(key)?;
-        match tokio::fs::remove_file(&path).await {
+        let removed = tokio::fs::remove_file(&path).await;
+        // After the unlink: a file opened before it is then not kept.
+        self.open_files.forget(key);
+        match removed {
             Ok(()) => Ok(true),
             Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(Error::backend(format!("deleting {key}"), e)),

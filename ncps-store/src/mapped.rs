@@ -51,12 +51,8 @@ struct Windows {
 ///
 /// `end` must not exceed the file's size, and the file must never shrink
 /// while mapped (see the module's notes).
-pub(crate) fn stream(file: File, offset: u64, end: u64) -> ByteStream {
-    let windows = Windows {
-        file: Arc::new(file),
-        offset,
-        end,
-    };
+pub(crate) fn stream(file: Arc<File>, offset: u64, end: u64) -> ByteStream {
+    let windows = Windows { file, offset, end };
     Box::pin(futures::stream::unfold(windows, |mut w| async move {
         if w.offset >= w.end {
             return None;
@@ -201,7 +197,7 @@ mod tests {
             (size, size),
             (10, 10),
         ] {
-            let got: Vec<u8> = stream(file.try_clone().unwrap(), offset, end)
+            let got: Vec<u8> = stream(Arc::new(file.try_clone().unwrap()), offset, end)
                 .map(|chunk| chunk.unwrap().to_vec())
                 .concat()
                 .await;
@@ -216,7 +212,7 @@ mod tests {
             .collect();
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&data).unwrap();
-        let mut chunks = stream(file, 1000, data.len() as u64);
+        let mut chunks = stream(Arc::new(file), 1000, data.len() as u64);
         let first = chunks.next().await.unwrap().unwrap();
         let second = chunks.next().await.unwrap().unwrap();
         for (chunk, start) in [(&first, 1000u64), (&second, 1000 + WINDOW)] {
