@@ -10,6 +10,7 @@ pub mod byte_size;
 pub mod check_config;
 pub mod config_file;
 pub mod encoding;
+pub mod fd_limit;
 pub mod housekeeping;
 pub mod limits;
 pub mod logging;

@@ -8,6 +8,7 @@ use ncps_server::{app, check_config, config_file, logging, server};
 
 fn main() -> ExitCode {
     ncps_server::allocator::limit_arenas();
+    ncps_server::fd_limit::raise();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut unknown_keys = Vec::new();
     // The environment variables the config file set, for --check-config.

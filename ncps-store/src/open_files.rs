@@ -128,49 +128,36 @@ pub(crate) fn capacity() -> usize {
     MAX_OPEN.min(descriptor_limit() / 4)
 }
 
-#[cfg(unix)]
 fn descriptor_limit() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 0;
-    }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-}
-
-#[cfg(not(unix))]
-fn descriptor_limit() -> usize {
-    0
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// `len` bytes of `file` from `offset` if the page cache holds them all
 /// already, read without blocking (`preadv2` with `RWF_NOWAIT`); `None` when
 /// reading would wait for the disk or the file system cannot say, so the
 /// caller reads in the blocking pool instead.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(target_os = "linux")]
 pub(crate) fn read_cached(file: &File, offset: u64, len: usize) -> Option<Bytes> {
-    use std::os::fd::AsRawFd;
+    use rustix::io::{ReadWriteFlags, preadv2};
     if len == 0 {
         return Some(Bytes::new());
     }
     let mut buf = vec![0u8; len];
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let offset = libc::off_t::try_from(offset).ok()?;
-    // SAFETY: the iovec points into `buf`, which outlives the call and is
-    // `len` bytes long.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    let read = preadv2(
+        file,
+        &mut [io::IoSliceMut::new(&mut buf)],
+        offset,
+        ReadWriteFlags::NOWAIT,
+    );
     // A short read (part of the range not cached) or any error (EAGAIN,
     // EOPNOTSUPP, ...) sends the caller to the blocking read.
-    (usize::try_from(n).ok() == Some(len)).then(|| Bytes::from(buf))
+    (read.ok() == Some(len)).then(|| Bytes::from(buf))
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(target_os = "linux"))]
 pub(crate) fn read_cached(_file: &File, _offset: u64, _len: usize) -> Option<Bytes> {
     None
 }
