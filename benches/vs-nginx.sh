@@ -3,7 +3,7 @@
 # test): builds both in release, makes the cache (300 paths, ~500 MiB), and
 # prints each measurement with its ratio and target. See vs_nginx/main.rs.
 #
-#   benches/vs-nginx.sh [--paths N] [--total-mib N] [--rounds N]
+#   benches/vs-nginx.sh [--paths N] [--total-mib N] [--rounds N] [--warm-only]
 #
 # Needs: cargo, nginx (apt-get install nginx). Loopback only; about 1.5 GiB
 # of scratch space in $TMPDIR.

@@ -19,7 +19,8 @@
 //!
 //! and prints each median, the ratio ncps-server / nginx, the server's peak
 //! RSS, and how many upstream fetches 200 concurrent clients asking for one
-//! uncached NAR caused. Run it with `benches/vs-nginx.sh`.
+//! uncached NAR caused. Run it with `benches/vs-nginx.sh`; `--warm-only`
+//! measures (a) to (c) alone.
 
 mod cache;
 mod client;
@@ -40,6 +41,8 @@ struct Args {
     paths: usize,
     total_mib: u64,
     rounds: usize,
+    /// Only (a) to (c): no cold passes, no herd.
+    warm_only: bool,
 }
 
 fn args() -> Args {
@@ -48,6 +51,7 @@ fn args() -> Args {
         paths: 300,
         total_mib: 500,
         rounds: 3,
+        warm_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -57,6 +61,7 @@ fn args() -> Args {
             "--paths" => args.paths = value().parse().expect("--paths N"),
             "--total-mib" => args.total_mib = value().parse().expect("--total-mib N"),
             "--rounds" => args.rounds = value().parse().expect("--rounds N"),
+            "--warm-only" => args.warm_only = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -118,8 +123,12 @@ async fn main() {
 
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
-        eprintln!("round {} of {}", round + 1, args.rounds);
-        for (base, name) in [(&nginx.url, "nginx"), (&proxy.url, "ncps")] {
+        // Who goes first alternates too, so neither always follows the other.
+        let mut order = [(&nginx.url, "nginx"), (&proxy.url, "ncps")];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (base, name) in order {
             let narinfo = client::sequential(base, &narinfos).await;
             let nar1 = client::parallel(base, &nars, 1).await;
             let nar4 = client::parallel(base, &nars, 4).await;
@@ -127,6 +136,19 @@ async fn main() {
             b.push((name, nar1));
             c.push((name, nar4));
         }
+        let last = |v: &[(&str, Duration)]| {
+            let ncps = v.iter().rev().find(|(n, _)| *n == "ncps").unwrap().1;
+            let nginx = v.iter().rev().find(|(n, _)| *n == "nginx").unwrap().1;
+            ncps.as_secs_f64() / nginx.as_secs_f64()
+        };
+        eprintln!(
+            "round {} of {}: ncps/nginx (a) {:.2}x (b) {:.2}x (c) {:.2}x",
+            round + 1,
+            args.rounds,
+            last(&a),
+            last(&b),
+            last(&c)
+        );
     }
     let pick = |v: &[(&str, Duration)], who: &str| {
         median(
@@ -137,41 +159,11 @@ async fn main() {
         )
     };
 
-    // (d) cold passes, each through a fresh proxy, against the upstream directly.
-    let mut cold = Vec::new();
-    let mut direct = Vec::new();
-    let (mut cold_checked, mut direct_checked) = (Vec::new(), Vec::new());
-    let mut cold_rss = 0;
-    for round in 0..args.rounds {
-        for (verify, cold, direct) in [
-            (false, &mut cold, &mut direct),
-            (true, &mut cold_checked, &mut direct_checked),
-        ] {
-            direct.push(client::pass(&nginx.url, &cache, verify).await);
-            let fresh = Proxy::start(
-                &args.server,
-                work.path(),
-                &format!("cold-{round}-{verify}"),
-                &nginx.url,
-                &cache.public_key,
-            );
-            cold.push(client::pass(&fresh.url, &cache, verify).await);
-            cold_rss = cold_rss.max(fresh.peak_rss_kib());
-        }
-    }
-
-    // 200 clients at once asking one uncached NAR of a fresh proxy.
-    let herd = Proxy::start(
-        &args.server,
-        work.path(),
-        "herd",
-        &nginx.url,
-        &cache.public_key,
-    );
-    let big = cache.largest();
-    let before = nginx.hits(&big.nar_url);
-    let got = client::herd(&herd.url, big, 200).await;
-    let upstream_fetches = nginx.hits(&big.nar_url) - before;
+    let cold = if args.warm_only {
+        None
+    } else {
+        Some(cold_and_herd(&args, work.path(), &nginx, &cache).await)
+    };
 
     let warm_rss = proxy.peak_rss_kib();
     proxy.stop();
@@ -201,25 +193,85 @@ async fn main() {
         pick(&c, "nginx"),
         1.1,
     );
-    report(
-        "(d) cold pass via empty proxy vs direct",
-        median(cold),
-        median(direct),
-        1.15,
-    );
-    report(
-        "(d') the same, the client checking NarHash",
-        median(cold_checked),
-        median(direct_checked),
-        1.15,
-    );
+    if let Some(cold) = &cold {
+        report(
+            "(d) cold pass via empty proxy vs direct",
+            median(cold.cold.clone()),
+            median(cold.direct.clone()),
+            1.15,
+        );
+        report(
+            "(d') the same, the client checking NarHash",
+            median(cold.cold_checked.clone()),
+            median(cold.direct_checked.clone()),
+            1.15,
+        );
+    }
+    let cold_rss = cold
+        .as_ref()
+        .map_or("not run".into(), |c| format!("{} MiB", c.rss_kib / 1024));
     println!(
-        "peak RSS: warm proxy {} MiB, cold proxies {} MiB (target <= 100 MiB)",
+        "peak RSS: warm proxy {} MiB, cold proxies {cold_rss} (target <= 100 MiB)",
         warm_rss / 1024,
-        cold_rss / 1024
     );
-    println!(
-        "200 concurrent clients, one uncached NAR ({} bytes): {got} complete and correct, {upstream_fetches} upstream fetch(es) (target 1)",
-        big.nar_size
-    );
+    if let Some(cold) = cold {
+        println!(
+            "200 concurrent clients, one uncached NAR ({} bytes): {} complete and correct, {} upstream fetch(es) (target 1)",
+            cold.herd_size, cold.herd_right, cold.herd_fetches
+        );
+    }
+}
+
+/// What (d), (d') and the herd measured.
+struct Cold {
+    cold: Vec<Duration>,
+    direct: Vec<Duration>,
+    cold_checked: Vec<Duration>,
+    direct_checked: Vec<Duration>,
+    rss_kib: u64,
+    herd_size: u64,
+    herd_right: usize,
+    herd_fetches: usize,
+}
+
+/// (d) and (d'): cold passes, each through a fresh proxy, against the
+/// upstream directly; then 200 clients at once asking one uncached NAR of a
+/// fresh proxy.
+async fn cold_and_herd(args: &Args, work: &std::path::Path, nginx: &Nginx, cache: &Cache) -> Cold {
+    let mut cold = Vec::new();
+    let mut direct = Vec::new();
+    let (mut cold_checked, mut direct_checked) = (Vec::new(), Vec::new());
+    let mut cold_rss = 0;
+    for round in 0..args.rounds {
+        for (verify, cold, direct) in [
+            (false, &mut cold, &mut direct),
+            (true, &mut cold_checked, &mut direct_checked),
+        ] {
+            direct.push(client::pass(&nginx.url, cache, verify).await);
+            let fresh = Proxy::start(
+                &args.server,
+                work,
+                &format!("cold-{round}-{verify}"),
+                &nginx.url,
+                &cache.public_key,
+            );
+            cold.push(client::pass(&fresh.url, cache, verify).await);
+            cold_rss = cold_rss.max(fresh.peak_rss_kib());
+        }
+    }
+    let herd = Proxy::start(&args.server, work, "herd", &nginx.url, &cache.public_key);
+    let big = cache.largest();
+    let before = nginx.hits(&big.nar_url);
+    let herd_right = client::herd(&herd.url, big, 200).await;
+    let herd_fetches = nginx.hits(&big.nar_url) - before;
+    Cold {
+        cold,
+        direct,
+        cold_checked,
+        direct_checked,
+        rss_kib: cold_rss,
+        herd_size: big.nar_size,
+        herd_right,
+        herd_fetches,
+    }
 }

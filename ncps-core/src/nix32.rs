@@ -28,9 +28,24 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// Each byte's value in [`ALPHABET`], or [`NOT_A_DIGIT`].
+const DIGITS: [u8; 256] = {
+    let mut digits = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        digits[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    digits
+};
+
+/// Marks a byte outside the alphabet in [`DIGITS`].
+const NOT_A_DIGIT: u8 = 0xff;
+
 /// The value of one nix32 character, or `None` if it is not in the alphabet.
 pub fn digit(c: u8) -> Option<u8> {
-    ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
+    let d = DIGITS[c as usize];
+    (d != NOT_A_DIGIT).then_some(d)
 }
 
 /// Whether `s` has only nix32 characters.
@@ -93,6 +108,14 @@ mod tests {
             let s = encode(&bytes);
             assert_eq!(s.len(), encoded_len(len));
             assert_eq!(decode(&s, len).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn digits_are_the_alphabet_and_nothing_else() {
+        for c in 0..=255u8 {
+            let expected = ALPHABET.iter().position(|&a| a == c).map(|p| p as u8);
+            assert_eq!(digit(c), expected, "byte {c}");
         }
     }
 

@@ -6,7 +6,10 @@
 //! slice hyper asks it to write: a slice of a mapped window goes out with
 //! `sendfile(2)` from the file and offset it maps, so the page cache's pages
 //! go to the socket without that copy (as nginx's `sendfile on`); anything
-//! else (headers, narinfos, small NARs) is written as usual.
+//! else (headers, narinfos, small NARs) is written as usual, except that
+//! bytes written just before a file region (a response's headers) are sent
+//! with `MSG_MORE`, so they share segments with the file's first bytes (as
+//! nginx's `tcp_nopush`).
 //!
 //! The bytes on the wire are the same either way: a window maps a file that
 //! is never changed in place, and it stays mapped while hyper holds the
@@ -51,11 +54,14 @@ impl ZeroCopy {
                         .take_while(|b| ncps_store::file_region(b).is_none())
                         .count();
                     let wanted = rest[..plain].iter().map(|b| b.len()).sum();
-                    (
-                        Pin::new(&mut self.stream).poll_write_vectored(cx, &rest[..plain]),
-                        wanted,
-                        plain,
-                    )
+                    let step = if plain < rest.len() {
+                        // Headers before a file's bytes: held back to go
+                        // out in the same segments (as nginx's tcp_nopush).
+                        self.send_more(cx, &rest[..plain])
+                    } else {
+                        Pin::new(&mut self.stream).poll_write_vectored(cx, &rest[..plain])
+                    };
+                    (step, wanted, plain)
                 }
             };
             match step {
@@ -75,6 +81,30 @@ impl ZeroCopy {
             }
         }
         Poll::Ready(Ok(written))
+    }
+
+    /// Sends `bufs` (or as much as the socket takes) with `MSG_MORE`: more
+    /// is coming at once (a file region), so the kernel waits for it to fill
+    /// the segment instead of sending these few bytes alone.
+    fn send_more(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        use rustix::net::{SendAncillaryBuffer, SendFlags, sendmsg};
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            let sent = self.stream.try_io(tokio::io::Interest::WRITABLE, || {
+                let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+                sendmsg(
+                    &self.stream,
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    flags,
+                )
+                .map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
     }
 
     /// Sends `region` (or as much as the socket takes) from its file.
