@@ -426,12 +426,18 @@ impl Cache {
             self.inner.access.count(counter::NARINFO_HITS, 1);
             return Ok(Some(served));
         }
+        // Boxed, as in [`Cache::nar`]: a miss's state stays out of a hit's.
+        Box::pin(self.narinfo_miss(hash)).await
+    }
+
+    /// [`Cache::served_narinfo`] for a narinfo the database does not have.
+    async fn narinfo_miss(&self, hash: &StorePathHash) -> Result<Option<ServedNarinfo>> {
         self.inner.metrics.cache_miss(Kind::Narinfo);
         if self.inner.negative.is_absent(hash.as_str()) {
             return Ok(None);
         }
         let guard = self.lock(&format!("narinfo:{hash}")).await?;
-        let result = match db.get_narinfo(hash.as_str()).await? {
+        let result = match self.inner.db.get_narinfo(hash.as_str()).await? {
             Some(record) => Ok(Some(record.narinfo)),
             None => self.pull_narinfo(hash).await,
         };
@@ -573,6 +579,13 @@ impl Cache {
             self.inner.metrics.cache_hit(Kind::Nar);
             return Ok(Some(body));
         }
+        // Boxed: the state of a miss (locks, peers, the download) would
+        // otherwise make every hit's future larger, and servers move it.
+        Box::pin(self.nar_miss(file, key)).await
+    }
+
+    /// [`Cache::nar`] for a NAR not stored here.
+    async fn nar_miss(&self, file: &NarFile, key: String) -> Result<Option<NarBody>> {
         self.inner.metrics.cache_miss(Kind::Nar);
         let record = match self.inner.db.get_nar(file.as_str()).await? {
             Some(record) => record,

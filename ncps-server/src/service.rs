@@ -106,9 +106,15 @@ where
             return Ok(*response);
         }
     }
-    let request = match crate::writes::route(&state, request).await {
-        crate::writes::Routed::Answered(response) => return Ok(response),
-        crate::writes::Routed::NotMine(request) => request,
+    // Boxed: the write routes' state would otherwise make every request's
+    // future larger, and hyper moves it around whole.
+    let request = if crate::writes::may_route(request.method(), path) {
+        match Box::pin(crate::writes::route(&state, request)).await {
+            crate::writes::Routed::Answered(response) => return Ok(response),
+            crate::writes::Routed::NotMine(request) => request,
+        }
+    } else {
+        request
     };
     let head = request.method() == Method::HEAD;
     if request.method() != Method::GET && !head {
@@ -132,7 +138,9 @@ where
             text(StatusCode::OK, "application/json", body.to_string(), head)
         }
         "/healthz" => plain(StatusCode::OK, "ok", head),
-        "/readyz" => readiness(&state, head).await,
+        // Boxed, as the rare routes below: their state stays out of the
+        // future of every narinfo and NAR request.
+        "/readyz" => Box::pin(readiness(&state, head)).await,
         "/metrics" => metrics(&state, head),
         "/nix-cache-info" => text(
             StatusCode::OK,
@@ -315,7 +323,7 @@ async fn nar_response(
     }
 
     if let Some(range) = range
-        && let Some(size) = cache.stored_nar_size(file).await?
+        && let Some(size) = Box::pin(cache.stored_nar_size(file)).await?
         && let Some(range) = range::parse(range, size)
     {
         let (start, len) = match range {
@@ -336,7 +344,7 @@ async fn nar_response(
         let body = if head {
             full(Bytes::new())
         } else {
-            match cache.stored_nar_range(file, start, len).await? {
+            match Box::pin(cache.stored_nar_range(file, start, len)).await? {
                 Some(nar) => stream_body(nar.body),
                 None => return Ok(None),
             }
@@ -351,13 +359,13 @@ async fn nar_response(
     }
 
     let (size, body) = if head {
-        match cache.nar_size(file).await? {
+        match Box::pin(cache.nar_size(file)).await? {
             Some(size) => (size, full(Bytes::new())),
             None => return Ok(None),
         }
     } else {
         let nar = if request.contains_key(PEER_HEADER) {
-            cache.nar_for_peer(file).await?
+            Box::pin(cache.nar_for_peer(file)).await?
         } else {
             cache.nar(file).await?
         };

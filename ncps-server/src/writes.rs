@@ -95,6 +95,16 @@ pub fn access_needed(method: &Method, path: &str) -> Access {
     }
 }
 
+/// Whether [`route`] may answer `method` on `path`: any method but GET and
+/// HEAD, or a read under the upload and pin routes. Reads of anything else
+/// (narinfos, NARs) are never [`route`]'s, so they skip it.
+pub fn may_route(method: &Method, path: &str) -> bool {
+    !(method == Method::GET || method == Method::HEAD)
+        || path.starts_with("/upload/")
+        || path.starts_with("/pin/")
+        || path == "/pins"
+}
+
 /// Answers the write, pin and upload routes; hands back anything else.
 pub async fn route<B>(state: &AppState, request: Request<B>) -> Routed<B>
 where
