@@ -72,7 +72,9 @@ impl LocalStorage {
         validate_key(key)?;
         let kept = self.open_files.get(key);
         if let Some(open) = &kept
-            && let Some(opened) = take(open, offset, len, open_files::read_cached)
+            && let Ok(Some(opened)) = take(open, offset, len, |file, offset, len| {
+                Ok(open_files::read_cached(file, offset, len))
+            })
         {
             return Ok(Some((open.size, opened)));
         }
@@ -87,15 +89,9 @@ impl LocalStorage {
                 },
             };
             let opened = take(&open, offset, len, |file, offset, len| {
-                open_files::read(file, offset, len).ok()
-            });
-            match opened {
-                Some(opened) => Ok(Some((open, opened))),
-                None => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file is shorter than it was",
-                )),
-            }
+                open_files::read(file, offset, len).map(Some)
+            })?;
+            io::Result::Ok(opened.map(|opened| (open, opened)))
         })
         .await
         .map_err(|e| Error::backend(format!("reading {key}"), e))?
@@ -167,21 +163,22 @@ fn open_file(path: &Path) -> io::Result<Option<OpenFile>> {
 }
 
 /// The bytes of `open` from `offset` on, at most `len`: mapped if at least
-/// [`mapped::MAP_THRESHOLD`], else read with `read` (`None` if it could not).
+/// [`mapped::MAP_THRESHOLD`], else read with `read` (`Ok(None)`: it could
+/// not read without waiting).
 fn take(
     open: &OpenFile,
     offset: u64,
     len: u64,
-    read: impl FnOnce(&std::fs::File, u64, usize) -> Option<Bytes>,
-) -> Option<Opened> {
+    read: impl FnOnce(&std::fs::File, u64, usize) -> io::Result<Option<Bytes>>,
+) -> io::Result<Option<Opened>> {
     let start = offset.min(open.size);
     let end = start.saturating_add(len).min(open.size);
     if end - start >= mapped::MAP_THRESHOLD {
         let file = open.file.clone();
-        return Some(Opened::Map { file, start, end });
+        return Ok(Some(Opened::Map { file, start, end }));
     }
     // Under MAP_THRESHOLD, so it fits in usize.
-    read(&open.file, start, (end - start) as usize).map(Opened::Read)
+    Ok(read(&open.file, start, (end - start) as usize)?.map(Opened::Read))
 }
 
 /// Applies the common key rules and rejects keys inside the temporary
