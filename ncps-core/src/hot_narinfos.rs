@@ -5,15 +5,14 @@
 //! Entries past that age are swept out about every [`HOT_TTL`], so memory
 //! follows the narinfos asked for lately, not the bound.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ServedNarinfo;
+use crate::aged_cache::AgedCache;
 
 /// How long a hot narinfo is served without asking the database again.
 pub(crate) const HOT_TTL: Duration = Duration::from_secs(30);
-
-use quick_cache::sync::Cache;
-
-use crate::ServedNarinfo;
 
 /// A narinfo as served, with the NAR file it names (for access records).
 #[derive(Clone, Debug)]
@@ -22,92 +21,45 @@ pub(crate) struct HotNarinfo {
     pub(crate) narinfo: ServedNarinfo,
     /// Its NAR file, `<hash>.nar[.ext]`.
     pub(crate) nar_file: Arc<str>,
-    /// When it was read from the database.
-    at: Instant,
 }
 
 /// The hot narinfos by store path hash.
+#[derive(Debug)]
 pub(crate) struct HotNarinfos {
-    cache: Option<Cache<String, HotNarinfo>>,
-    /// When entries past [`HOT_TTL`] were last swept out.
-    swept: Mutex<Instant>,
-}
-
-impl std::fmt::Debug for HotNarinfos {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HotNarinfos")
-            .field("len", &self.len())
-            .finish()
-    }
+    cache: AgedCache<HotNarinfo>,
 }
 
 impl HotNarinfos {
     /// Room for `capacity` narinfos; zero keeps none.
     pub(crate) fn new(capacity: usize) -> Self {
         HotNarinfos {
-            cache: (capacity > 0).then(|| Cache::new(capacity)),
-            swept: Mutex::new(Instant::now()),
+            cache: AgedCache::new(capacity, HOT_TTL),
         }
-    }
-
-    /// How many narinfos are held.
-    pub(crate) fn len(&self) -> usize {
-        self.cache.as_ref().map_or(0, Cache::len)
     }
 
     /// The narinfo of `hash`, if hot and young enough.
     pub(crate) fn get(&self, hash: &str) -> Option<HotNarinfo> {
-        let cache = self.cache.as_ref()?;
-        let hot = cache.get(hash)?;
-        if hot.at.elapsed() > HOT_TTL {
-            cache.remove(hash);
-            return None;
-        }
-        Some(hot)
+        self.cache.get(hash)
     }
 
     /// Remembers the narinfo of `hash`.
     pub(crate) fn insert(&self, hash: &str, narinfo: &ServedNarinfo, nar_file: &str) {
-        if let Some(cache) = &self.cache {
-            self.sweep(cache, HOT_TTL);
-            cache.insert(
-                hash.to_owned(),
-                HotNarinfo {
-                    narinfo: narinfo.clone(),
-                    nar_file: nar_file.into(),
-                    at: Instant::now(),
-                },
-            );
-        }
-    }
-
-    /// Drops the entries older than `ttl`, at most once per `ttl`.
-    fn sweep(&self, cache: &Cache<String, HotNarinfo>, ttl: Duration) {
-        {
-            let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
-            if swept.elapsed() < ttl {
-                return;
-            }
-            *swept = Instant::now();
-        }
-        cache.retain(|_, hot| hot.at.elapsed() <= ttl);
+        let hot = HotNarinfo {
+            narinfo: narinfo.clone(),
+            nar_file: nar_file.into(),
+        };
+        self.cache.insert(hash, hot);
     }
 
     /// The store path hash of a hot narinfo naming `nar_file`, if any. A
     /// scan, for the rare NAR the database no longer knows.
     pub(crate) fn hash_naming(&self, nar_file: &str) -> Option<String> {
-        let cache = self.cache.as_ref()?;
-        cache
-            .iter()
-            .find(|(_, hot)| &*hot.nar_file == nar_file)
-            .map(|(hash, _)| hash)
+        self.cache.find_key(|hot| &*hot.nar_file == nar_file)
     }
 
     /// Forgets the narinfo of `hash` (it was deleted or evicted).
     pub(crate) fn remove(&self, hash: &str) {
-        if let Some(cache) = &self.cache {
-            cache.remove(hash);
-        }
+        self.cache.remove(hash);
     }
 }
 
@@ -137,12 +89,13 @@ mod tests {
         assert!(kept <= 10, "{kept} kept");
         // Old entries are swept out.
         let ttl = Duration::from_millis(20);
-        let young = HotNarinfos::new(10);
+        let young = HotNarinfos {
+            cache: AgedCache::new(10, ttl),
+        };
         young.insert("old", &served("x"), "x.nar");
         std::thread::sleep(ttl * 2);
-        young.sweep(young.cache.as_ref().unwrap(), ttl);
         young.insert("new", &served("y"), "y.nar");
-        assert_eq!(young.len(), 1);
+        assert_eq!(young.cache.len(), 1);
         assert!(young.get("new").is_some());
         let none = HotNarinfos::new(0);
         none.insert("a", &served("x"), "x.nar");

@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod access_log;
+pub mod aged_cache;
 pub mod cache;
 pub mod cache_info;
 pub mod disk_space;

@@ -138,9 +138,7 @@ where
             text(StatusCode::OK, "application/json", body.to_string(), head)
         }
         "/healthz" => plain(StatusCode::OK, "ok", head),
-        // Boxed, as the rare routes below: their state stays out of the
-        // future of every narinfo and NAR request.
-        "/readyz" => Box::pin(readiness(&state, head)).await,
+        "/readyz" => readiness(&state, head).await,
         "/metrics" => metrics(&state, head),
         "/nix-cache-info" => text(
             StatusCode::OK,
@@ -323,7 +321,7 @@ async fn nar_response(
     }
 
     if let Some(range) = range
-        && let Some(size) = Box::pin(cache.stored_nar_size(file)).await?
+        && let Some(size) = cache.stored_nar_size(file).await?
         && let Some(range) = range::parse(range, size)
     {
         let (start, len) = match range {
@@ -344,7 +342,7 @@ async fn nar_response(
         let body = if head {
             full(Bytes::new())
         } else {
-            match Box::pin(cache.stored_nar_range(file, start, len)).await? {
+            match cache.stored_nar_range(file, start, len).await? {
                 Some(nar) => stream_body(nar.body),
                 None => return Ok(None),
             }
@@ -359,13 +357,13 @@ async fn nar_response(
     }
 
     let (size, body) = if head {
-        match Box::pin(cache.nar_size(file)).await? {
+        match cache.nar_size(file).await? {
             Some(size) => (size, full(Bytes::new())),
             None => return Ok(None),
         }
     } else {
         let nar = if request.contains_key(PEER_HEADER) {
-            Box::pin(cache.nar_for_peer(file)).await?
+            cache.nar_for_peer(file).await?
         } else {
             cache.nar(file).await?
         };

@@ -80,6 +80,7 @@ impl LocalStorage {
         }
         let generation = self.open_files.generation();
         let path = self.path_for(key)?;
+        let was_kept = kept.is_some();
         let opened = tokio::task::spawn_blocking(move || {
             let open = match kept {
                 Some(open) => open,
@@ -97,7 +98,10 @@ impl LocalStorage {
         .map_err(|e| Error::backend(format!("reading {key}"), e))?
         .map_err(|e| Error::backend(format!("reading {key}"), e))?;
         Ok(opened.map(|(open, opened)| {
-            self.open_files.insert(key, &open, generation);
+            // Kept files keep the age they were opened with.
+            if !was_kept {
+                self.open_files.insert(key, &open, generation);
+            }
             (open.size, opened)
         }))
     }

@@ -13,12 +13,12 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use quick_cache::sync::Cache;
+use ncps_core::aged_cache::AgedCache;
 
 /// How long an open file is used before it is opened again.
 pub(crate) const VALID: Duration = Duration::from_secs(30);
@@ -32,7 +32,6 @@ pub(crate) const MAX_OPEN: usize = 1000;
 pub(crate) struct OpenFile {
     pub(crate) file: Arc<File>,
     pub(crate) size: u64,
-    at: Instant,
 }
 
 impl OpenFile {
@@ -40,47 +39,33 @@ impl OpenFile {
         OpenFile {
             file: Arc::new(file),
             size,
-            at: Instant::now(),
         }
     }
 }
 
 /// The open files by storage key.
+#[derive(Debug)]
 pub(crate) struct OpenFiles {
-    cache: Option<Cache<String, OpenFile>>,
+    /// Each kept [`VALID`] after it was opened; swept out about as often, so
+    /// idle descriptors do not linger until the bound.
+    cache: AgedCache<OpenFile>,
     /// Moves on at every forget, so a file opened before a delete is not
     /// remembered after it.
     generation: AtomicU64,
-    /// When entries past [`VALID`] were last closed.
-    swept: Mutex<Instant>,
-}
-
-impl std::fmt::Debug for OpenFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let len = self.cache.as_ref().map_or(0, Cache::len);
-        f.debug_struct("OpenFiles").field("len", &len).finish()
-    }
 }
 
 impl OpenFiles {
     /// Room for `capacity` open files; zero keeps none.
     pub(crate) fn new(capacity: usize) -> Self {
         OpenFiles {
-            cache: (capacity > 0).then(|| Cache::new(capacity)),
+            cache: AgedCache::new(capacity, VALID),
             generation: AtomicU64::new(0),
-            swept: Mutex::new(Instant::now()),
         }
     }
 
     /// The open file of `key`, if kept and young enough.
     pub(crate) fn get(&self, key: &str) -> Option<OpenFile> {
-        let cache = self.cache.as_ref()?;
-        let open = cache.get(key)?;
-        if open.at.elapsed() > VALID {
-            cache.remove(key);
-            return None;
-        }
-        Some(open)
+        self.cache.get(key)
     }
 
     /// What to pass to [`OpenFiles::insert`] for a file about to be opened.
@@ -88,36 +73,19 @@ impl OpenFiles {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Keeps `open` for `key`, unless some key was forgotten since
-    /// `generation` was taken (the file may be one just deleted).
+    /// Keeps `open`, just opened, for `key`, unless some key was forgotten
+    /// since `generation` was taken (the file may be one just deleted).
     pub(crate) fn insert(&self, key: &str, open: &OpenFile, generation: u64) {
-        let Some(cache) = &self.cache else { return };
-        self.sweep(cache);
-        cache.insert(key.to_owned(), open.clone());
+        self.cache.insert(key, open.clone());
         if self.generation() != generation {
-            cache.remove(key);
+            self.cache.remove(key);
         }
     }
 
     /// Forgets the file of `key`: it is being deleted or replaced.
     pub(crate) fn forget(&self, key: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Some(cache) = &self.cache {
-            cache.remove(key);
-        }
-    }
-
-    /// Closes the files opened longer than [`VALID`] ago, at most once per
-    /// [`VALID`], so idle descriptors do not linger until the bound.
-    fn sweep(&self, cache: &Cache<String, OpenFile>) {
-        {
-            let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
-            if swept.elapsed() < VALID {
-                return;
-            }
-            *swept = Instant::now();
-        }
-        cache.retain(|_, open| open.at.elapsed() <= VALID);
+        self.cache.remove(key);
     }
 }
 
