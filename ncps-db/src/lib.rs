@@ -2,13 +2,14 @@
 //! [`ncps_core::MetadataDb`], which keeps narinfo and NAR records, their access
 //! times and the cache's configuration. One cargo feature per backend:
 //!
-//! - `sqlite` (on by default): [`SqliteDb`], a SQLite file;
-//! - `postgres`: [`PostgresDb`], a pool of PostgreSQL connections;
-//! - `mysql`: [`MysqlDb`], a pool of MySQL or MariaDB connections.
+//! - `sqlite` (on by default): `SqliteDb`, a SQLite file;
+//! - `postgres`: `PostgresDb`, a pool of PostgreSQL connections;
+//! - `mysql`: `MysqlDb`, a pool of MySQL or MariaDB connections.
 //!
-//! Each migrates its database to the current schema when opened, with
-//! versioned plain-SQL migrations per dialect (`migrations/<dialect>/`)
-//! recorded in a `schema_migrations` table. [`open`] picks the backend by the
+//! All three are one implementation, [`SqlDb`], over each backend's driver
+//! and SQL dialect. Each migrates its database to the current schema when
+//! opened, with versioned plain-SQL migrations per dialect
+//! (`migrations/<dialect>/`) recorded in a `schema_migrations` table. [`open`] picks the backend by the
 //! URL's scheme; [`copy()`] moves all metadata between any two of them.
 //!
 //! ```
@@ -28,6 +29,27 @@
 
 #![warn(missing_docs)]
 
+// What every SQL backend shares: one `MetadataDb` implementation (`SqlDb`),
+// its statements, row mapping, retries and migrations.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod dialect;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod engine;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod fault;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod migrate;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod queries;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod records;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod sql_db;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod statement;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod values;
+
 mod copy;
 mod db_url;
 #[cfg(feature = "mysql")]
@@ -43,7 +65,6 @@ mod postgres_tls;
 mod sqlite;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod tls;
-mod values;
 
 pub use copy::{CopyStats, DEFAULT_BATCH, copy};
 pub use db_url::redact_url;
@@ -52,5 +73,7 @@ pub use mysql::MysqlDb;
 pub use open::{check_url, open};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresDb;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub use sql_db::SqlDb;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteDb;

@@ -11,9 +11,9 @@ use crate::db_url::redact_url;
 /// - `sqlite:/path/db.sqlite` (also `sqlite3:`, `sqlite:///abs`, `:memory:`)
 ///   with the `sqlite` feature;
 /// - `postgres://`, `postgresql://` or `postgres+unix:///socket/dir/dbname`
-///   with the `postgres` feature (see [`crate::PostgresDb::connect`]);
+///   with the `postgres` feature (see `PostgresDb::connect`);
 /// - `mysql://` or `mysql+unix:///path/mysqld.sock/dbname` with the `mysql`
-///   feature (see [`crate::MysqlDb::connect`]).
+///   feature (see `MysqlDb::connect`).
 ///
 /// `max_conns` bounds the connection pool of PostgreSQL and MySQL; 0 means
 /// the backend's default. SQLite always uses one connection.

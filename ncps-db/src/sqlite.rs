@@ -1,24 +1,28 @@
-//! `SqliteDb`: the metadata database in a SQLite file.
+//! [`SqliteDb`]: the metadata database in a SQLite file. This file owns
+//! what is SQLite's own: opening the file (or memory) and its pragmas, its
+//! URLs, running a statement with rusqlite on Tokio's blocking threads,
+//! which errors mean "busy", its SQL dialect, and its migrations (under
+//! `BEGIN IMMEDIATE`).
 
-use std::path::Path;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ncps_core::{Error, MetadataDb, NarInfoRecord, NarRecord, Result};
-use ncps_core::{NarStorage, PinRecord, StorageUsage, StoredNar};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use ncps_core::{Error, Result};
+use rusqlite::ErrorCode;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 
-use crate::values::unix_now;
-
-/// The schema migrations, applied in order; each version is applied once.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/sqlite/0001_initial.sql")),
-    (
-        2,
-        include_str!("../migrations/sqlite/0002_eviction_pins.sql"),
-    ),
-];
+use crate::dialect::{Dialect, SQLITE};
+use crate::engine::{Answer, Connection, Engine};
+use crate::fault::{Fault, FaultKind};
+use crate::migrate::migrate;
+use crate::sql_db::SqlDb;
+use crate::values::{Row, Value};
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,12 +31,25 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// One connection serves all calls, one at a time, on Tokio's blocking
 /// threads. Cloning shares the connection.
-#[derive(Debug, Clone)]
-pub struct SqliteDb {
-    conn: Arc<Mutex<Connection>>,
+pub type SqliteDb = SqlDb<Sqlite>;
+
+/// The SQLite engine of [`SqliteDb`]: its one connection.
+#[derive(Clone)]
+pub struct Sqlite {
+    conn: Arc<Mutex<rusqlite::Connection>>,
+    /// The file, or `None` in memory.
+    path: Option<PathBuf>,
 }
 
-impl SqliteDb {
+impl fmt::Debug for Sqlite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteDb")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SqlDb<Sqlite> {
     /// Opens (creating it and its parent directories if needed) the database
     /// file at `path`, and migrates it to the current schema.
     ///
@@ -49,16 +66,16 @@ impl SqliteDb {
                 )
             })?;
         }
-        let conn = Connection::open(path)
+        let conn = rusqlite::Connection::open(path)
             .map_err(|e| Error::backend(format!("opening database {}", path.display()), e))?;
-        Self::setup(conn)
+        Self::setup(conn, Some(path.to_path_buf()))
     }
 
     /// Opens a fresh database in memory, gone when the last clone is dropped.
     pub fn open_in_memory() -> Result<Self> {
-        let conn = Connection::open_in_memory()
+        let conn = rusqlite::Connection::open_in_memory()
             .map_err(|e| Error::backend("opening an in-memory database", e))?;
-        Self::setup(conn)
+        Self::setup(conn, None)
     }
 
     /// Opens the database a URL names: `sqlite:/abs/path`,
@@ -74,29 +91,21 @@ impl SqliteDb {
     }
 
     /// Configures a new connection and migrates it.
-    fn setup(mut conn: Connection) -> Result<Self> {
+    fn setup(mut conn: rusqlite::Connection, path: Option<PathBuf>) -> Result<Self> {
         configure(&conn).map_err(|e| Error::backend("configuring the database", e))?;
-        migrate(&mut conn).map_err(|e| db_error("migrating the database", e))?;
-        Ok(SqliteDb {
+        // SQLite never makes the migration wait on anything but its own
+        // busy timeout, inside a call: the future is done when first polled.
+        let polled = pin!(migrate(&mut conn, &SQLITE.migrations))
+            .poll(&mut Context::from_waker(Waker::noop()));
+        match polled {
+            Poll::Ready(done) => done.map_err(|f| f.into_error("migrating the database", None))?,
+            Poll::Pending => return Err(Error::backend("migrating the database", "not finished")),
+        }
+        let engine = Sqlite {
             conn: Arc::new(Mutex::new(conn)),
-        })
-    }
-
-    /// Runs `f` with the connection on a blocking thread.
-    async fn call<T, F>(&self, context: &'static str, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn
-                .lock()
-                .map_err(|_| Error::backend(context, "database connection mutex poisoned"))?;
-            f(&mut conn).map_err(|e| db_error(context, e))
-        })
-        .await
-        .map_err(|e| Error::backend(context, e))?
+            path,
+        };
+        Ok(SqlDb::new(engine, None))
     }
 }
 
@@ -126,7 +135,7 @@ pub(crate) fn parse_url(url: &str) -> Result<Option<&str>> {
 }
 
 /// Sets the pragmas every connection uses.
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // In-memory databases answer `memory`; that is fine.
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
@@ -138,477 +147,115 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Applies the migrations not yet recorded in `schema_migrations`, each in
-/// its own transaction.
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version INTEGER PRIMARY KEY,
-            applied_at INTEGER
-        )",
-    )?;
-    for &(version, sql) in MIGRATIONS {
-        // IMMEDIATE: a second process opening the same file at the same time
-        // waits here, then sees the version recorded.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let applied = tx
-            .query_row(
-                "SELECT 1 FROM schema_migrations WHERE version = ?1",
-                [version],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if applied {
-            continue;
-        }
-        tracing::info!(version, "applying database migration");
-        tx.execute_batch(sql)?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-            params![version, unix_now()],
-        )?;
-        tx.commit()?;
-    }
-    Ok(())
-}
+#[async_trait]
+impl Engine for Sqlite {
+    type Conn = SharedConn;
+    const DIALECT: &'static Dialect = &SQLITE;
+    // The busy timeout bounds how long a statement waits for a lock, and
+    // busy is not retried at once.
+    const STATEMENT_TIMEOUT: Option<Duration> = None;
+    const ATTEMPTS: u32 = 1;
 
-/// Maps a SQLite error: busy or locked means retry later, anything else is a backend error.
-fn db_error(context: &str, e: rusqlite::Error) -> Error {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            Error::Unavailable(format!("{context}: {e}"))
-        }
-        _ => Error::backend(context, e),
+    async fn conn(&self) -> Result<SharedConn, Fault> {
+        Ok(SharedConn(Arc::clone(&self.conn)))
     }
 }
 
-/// A narinfo record from a `narinfos` row.
-fn narinfo_from_row(row: &Row<'_>) -> rusqlite::Result<NarInfoRecord> {
-    Ok(NarInfoRecord {
-        hash: row.get("hash")?,
-        narinfo: row.get("narinfo")?,
-        nar_file: row.get("nar_file")?,
-        created_at: row.get("created_at")?,
-        last_accessed_at: row.get("last_accessed_at")?,
-    })
-}
-
-/// A NAR record from a `nars` row.
-fn nar_from_row(row: &Row<'_>) -> rusqlite::Result<NarRecord> {
-    Ok(NarRecord {
-        file: row.get("file")?,
-        compression: row.get("compression")?,
-        file_hash: row.get("file_hash")?,
-        file_size: row.get("file_size")?,
-        nar_hash: row.get("nar_hash")?,
-        nar_size: row.get("nar_size")?,
-        upstream_url: row.get("upstream_url")?,
-        last_accessed_at: row.get("last_accessed_at")?,
-    })
-}
+/// The one connection, as each call borrows it.
+pub struct SharedConn(Arc<Mutex<rusqlite::Connection>>);
 
 #[async_trait]
-impl MetadataDb for SqliteDb {
-    async fn get_narinfo(&self, hash: &str) -> Result<Option<NarInfoRecord>> {
-        let hash = hash.to_string();
-        self.call("reading a narinfo record", move |conn| {
-            conn.query_row(
-                "SELECT hash, narinfo, nar_file, created_at, last_accessed_at
-                 FROM narinfos WHERE hash = ?1",
-                [hash],
-                narinfo_from_row,
-            )
-            .optional()
+impl Connection for SharedConn {
+    async fn run(&mut self, sql: &str, params: &[Value]) -> Result<Answer, Fault> {
+        let conn = Arc::clone(&self.0);
+        let (sql, params) = (sql.to_string(), params.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .map_err(|_| Fault::new(FaultKind::Other, "database connection mutex poisoned"))?;
+            run(&conn, &sql, &params)
         })
         .await
+        .map_err(|e| Fault::new(FaultKind::Other, e.to_string()))?
     }
 
-    async fn put_narinfo(&self, record: &NarInfoRecord) -> Result<()> {
-        let record = record.clone();
-        self.call("writing a narinfo record", move |conn| {
-            conn.execute(
-                "INSERT INTO narinfos (hash, narinfo, nar_file, created_at, last_accessed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (hash) DO UPDATE SET
-                     narinfo = excluded.narinfo,
-                     nar_file = excluded.nar_file,
-                     created_at = excluded.created_at,
-                     last_accessed_at = excluded.last_accessed_at",
-                params![
-                    record.hash,
-                    record.narinfo,
-                    record.nar_file,
-                    record.created_at,
-                    record.last_accessed_at
-                ],
-            )
-            .map(drop)
-        })
-        .await
-    }
-
-    async fn delete_narinfo(&self, hash: &str) -> Result<bool> {
-        let hash = hash.to_string();
-        self.call("deleting a narinfo record", move |conn| {
-            conn.execute("DELETE FROM narinfos WHERE hash = ?1", [hash])
-                .map(|n| n > 0)
-        })
-        .await
-    }
-
-    async fn touch_narinfo(&self, hash: &str, at: i64) -> Result<()> {
-        let hash = hash.to_string();
-        self.call("touching a narinfo record", move |conn| {
-            conn.execute(
-                "UPDATE narinfos SET last_accessed_at = ?2 WHERE hash = ?1",
-                params![hash, at],
-            )
-            .map(drop)
-        })
-        .await
-    }
-
-    async fn get_nar(&self, file: &str) -> Result<Option<NarRecord>> {
-        let file = file.to_string();
-        self.call("reading a NAR record", move |conn| {
-            conn.query_row(
-                "SELECT file, compression, file_hash, file_size, nar_hash, nar_size,
-                        upstream_url, last_accessed_at
-                 FROM nars WHERE file = ?1",
-                [file],
-                nar_from_row,
-            )
-            .optional()
-        })
-        .await
-    }
-
-    async fn put_nar(&self, record: &NarRecord) -> Result<()> {
-        let record = record.clone();
-        self.call("writing a NAR record", move |conn| {
-            conn.execute(
-                "INSERT INTO nars (file, compression, file_hash, file_size, nar_hash, nar_size,
-                                   upstream_url, last_accessed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (file) DO UPDATE SET
-                     compression = excluded.compression,
-                     file_hash = excluded.file_hash,
-                     file_size = excluded.file_size,
-                     nar_hash = excluded.nar_hash,
-                     nar_size = excluded.nar_size,
-                     upstream_url = excluded.upstream_url,
-                     last_accessed_at = excluded.last_accessed_at",
-                params![
-                    record.file,
-                    record.compression,
-                    record.file_hash,
-                    record.file_size,
-                    record.nar_hash,
-                    record.nar_size,
-                    record.upstream_url,
-                    record.last_accessed_at
-                ],
-            )
-            .map(drop)
-        })
-        .await
-    }
-
-    async fn delete_nar(&self, file: &str) -> Result<bool> {
-        let file = file.to_string();
-        self.call("deleting a NAR record", move |conn| {
-            conn.execute("DELETE FROM nars WHERE file = ?1", [file])
-                .map(|n| n > 0)
-        })
-        .await
-    }
-
-    async fn touch_nar(&self, file: &str, at: i64) -> Result<()> {
-        let file = file.to_string();
-        self.call("touching a NAR record", move |conn| {
-            conn.execute(
-                "UPDATE nars SET last_accessed_at = ?2 WHERE file = ?1",
-                params![file, at],
-            )
-            .map(drop)
-        })
-        .await
-    }
-
-    async fn get_config(&self, key: &str) -> Result<Option<String>> {
-        let key = key.to_string();
-        self.call("reading a config value", move |conn| {
-            conn.query_row("SELECT value FROM config WHERE key = ?1", [key], |row| {
-                row.get(0)
-            })
-            .optional()
-        })
-        .await
-    }
-
-    async fn set_config_if_absent(&self, key: &str, value: &str) -> Result<String> {
-        let key = key.to_string();
-        let value = value.to_string();
-        self.call("writing a config value", move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT INTO config (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-                params![key, value],
-            )?;
-            let stored: String =
-                tx.query_row("SELECT value FROM config WHERE key = ?1", [&key], |row| {
-                    row.get(0)
-                })?;
-            tx.commit()?;
-            Ok(stored)
-        })
-        .await
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.call("pinging the database", |conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))
-        })
-        .await
-    }
-
-    async fn list_narinfos(&self, after: Option<&str>, limit: usize) -> Result<Vec<NarInfoRecord>> {
-        let after = after.map(str::to_string);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.call("listing narinfo records", move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT hash, narinfo, nar_file, created_at, last_accessed_at
-                 FROM narinfos WHERE ?1 IS NULL OR hash > ?1 ORDER BY hash LIMIT ?2",
-            )?;
-            let rows = statement.query_map(params![after, limit], narinfo_from_row)?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn list_nars(&self, after: Option<&str>, limit: usize) -> Result<Vec<NarRecord>> {
-        let after = after.map(str::to_string);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.call("listing NAR records", move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT file, compression, file_hash, file_size, nar_hash, nar_size,
-                        upstream_url, last_accessed_at
-                 FROM nars WHERE ?1 IS NULL OR file > ?1 ORDER BY file LIMIT ?2",
-            )?;
-            let rows = statement.query_map(params![after, limit], nar_from_row)?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn list_config(&self) -> Result<Vec<(String, String)>> {
-        self.call("listing config values", |conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT key, value FROM config ORDER BY key")?;
-            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn set_nar_storage(&self, file: &str, storage: NarStorage) -> Result<bool> {
-        let file = file.to_string();
-        self.call("recording what storage holds of a NAR", move |conn| {
-            conn.execute(
-                "UPDATE nars SET stored_size = ?2 WHERE file = ?1",
-                params![file, storage.to_column()],
-            )
-            .map(|n| n > 0)
-        })
-        .await
-    }
-
-    async fn get_nar_storage(&self, file: &str) -> Result<Option<NarStorage>> {
-        let file = file.to_string();
-        self.call("reading what storage holds of a NAR", move |conn| {
-            conn.query_row(
-                "SELECT stored_size FROM nars WHERE file = ?1",
-                [file],
-                |row| row.get::<_, Option<i64>>(0),
-            )
-            .optional()
-            .map(|found| found.map(NarStorage::from_column))
-        })
-        .await
-    }
-
-    async fn stored_nars_by_last_access(
-        &self,
-        after: Option<(i64, &str)>,
-        limit: usize,
-    ) -> Result<Vec<StoredNar>> {
-        let (at, file) = match after {
-            Some((at, file)) => (Some(at), Some(file.to_string())),
-            None => (None, None),
-        };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.call("listing NARs by last access", move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT file, stored_size, last_accessed_at, upstream_url FROM nars
-                 WHERE stored_size >= 0
-                   AND (?1 IS NULL OR last_accessed_at > ?1
-                        OR (last_accessed_at = ?1 AND file > ?2))
-                 ORDER BY last_accessed_at, file LIMIT ?3",
-            )?;
-            let rows = statement.query_map(params![at, file, limit], |row| {
-                Ok(StoredNar {
-                    file: row.get(0)?,
-                    size: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
-                    last_accessed_at: row.get(2)?,
-                    upstream_url: row.get(3)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn nars_of_unknown_storage(&self, limit: usize) -> Result<Vec<String>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.call("listing NARs of unknown storage", move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT file FROM nars WHERE stored_size < 0 ORDER BY file LIMIT ?1",
-            )?;
-            let rows = statement.query_map([limit], |row| row.get(0))?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn storage_usage(&self) -> Result<StorageUsage> {
-        self.call("summing up storage", |conn| {
-            conn.query_row(STORAGE_USAGE_SQL, [], |row| {
-                let n = |i: usize| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
-                Ok(StorageUsage {
-                    narinfos: n(0)?,
-                    nar_records: n(1)?,
-                    stored_nars: n(2)?,
-                    stored_bytes: n(3)?,
-                    unknown_nars: n(4)?,
-                    pins: n(5)?,
-                })
-            })
-        })
-        .await
-    }
-
-    async fn narinfos_of_nar(&self, file: &str) -> Result<Vec<String>> {
-        let file = file.to_string();
-        self.call("listing the narinfos of a NAR", move |conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT hash FROM narinfos WHERE nar_file = ?1 ORDER BY hash")?;
-            let rows = statement.query_map([file], |row| row.get(0))?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn record_accesses(
-        &self,
-        narinfos: &[(String, i64)],
-        nars: &[(String, i64)],
-    ) -> Result<()> {
-        let narinfos = narinfos.to_vec();
-        let nars = nars.to_vec();
-        self.call("recording accesses", move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut statement = tx.prepare_cached(
-                    "UPDATE narinfos SET last_accessed_at = MAX(last_accessed_at, ?2)
-                     WHERE hash = ?1",
-                )?;
-                for (hash, at) in &narinfos {
-                    statement.execute(params![hash, at])?;
-                }
-                let mut statement = tx.prepare_cached(
-                    "UPDATE nars SET last_accessed_at = MAX(last_accessed_at, ?2) WHERE file = ?1",
-                )?;
-                for (file, at) in &nars {
-                    statement.execute(params![file, at])?;
-                }
-            }
-            tx.commit()
-        })
-        .await
-    }
-
-    async fn add_pin(&self, hash: &str, at: i64) -> Result<bool> {
-        let hash = hash.to_string();
-        self.call("pinning a store path", move |conn| {
-            conn.execute(
-                "INSERT INTO pins (hash, created_at) VALUES (?1, ?2) ON CONFLICT (hash) DO NOTHING",
-                params![hash, at],
-            )
-            .map(|n| n > 0)
-        })
-        .await
-    }
-
-    async fn delete_pin(&self, hash: &str) -> Result<bool> {
-        let hash = hash.to_string();
-        self.call("unpinning a store path", move |conn| {
-            conn.execute("DELETE FROM pins WHERE hash = ?1", [hash])
-                .map(|n| n > 0)
-        })
-        .await
-    }
-
-    async fn list_pins(&self) -> Result<Vec<PinRecord>> {
-        self.call("listing pins", |conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT hash, created_at FROM pins ORDER BY hash")?;
-            let rows = statement.query_map([], |row| {
-                Ok(PinRecord {
-                    hash: row.get(0)?,
-                    created_at: row.get(1)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
-    }
-
-    async fn add_counters(&self, deltas: &[(String, i64)]) -> Result<()> {
-        let deltas = deltas.to_vec();
-        self.call("adding to counters", move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut statement = tx.prepare_cached(
-                    "INSERT INTO counters (name, value) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                )?;
-                for (name, delta) in &deltas {
-                    statement.execute(params![name, delta])?;
-                }
-            }
-            tx.commit()
-        })
-        .await
-    }
-
-    async fn list_counters(&self) -> Result<Vec<(String, i64)>> {
-        self.call("listing counters", |conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
-            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            rows.collect()
-        })
-        .await
+    async fn run_script(&mut self, _sql: &str) -> Result<(), Fault> {
+        Err(Fault::new(
+            FaultKind::Other,
+            "scripts run only while opening",
+        ))
     }
 }
 
-/// What the cache holds (see [`StorageUsage`]), in one statement.
-const STORAGE_USAGE_SQL: &str =
-    "SELECT (SELECT COUNT(*) FROM narinfos), (SELECT COUNT(*) FROM nars),
-        (SELECT COUNT(*) FROM nars WHERE stored_size >= 0),
-        (SELECT COALESCE(SUM(stored_size), 0) FROM nars WHERE stored_size >= 0),
-        (SELECT COUNT(*) FROM nars WHERE stored_size < 0), (SELECT COUNT(*) FROM pins)";
+/// The connection itself, as the migrations use it while opening.
+#[async_trait]
+impl Connection for rusqlite::Connection {
+    async fn run(&mut self, sql: &str, params: &[Value]) -> Result<Answer, Fault> {
+        run(self, sql, params)
+    }
+
+    async fn run_script(&mut self, sql: &str) -> Result<(), Fault> {
+        self.execute_batch(sql).map_err(fault)
+    }
+}
+
+/// Runs one statement: a query answers its rows, anything else how many
+/// rows it changed.
+fn run(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<Answer, Fault> {
+    let mut statement = conn.prepare_cached(sql).map_err(fault)?;
+    let params = rusqlite::params_from_iter(params);
+    let columns = statement.column_count();
+    if columns == 0 {
+        let changed = statement.execute(params).map_err(fault)?;
+        return Ok(Answer {
+            rows: Vec::new(),
+            changed: changed as u64,
+        });
+    }
+    let mut rows = statement.query(params).map_err(fault)?;
+    let mut answer = Answer::default();
+    while let Some(row) = rows.next().map_err(fault)? {
+        let row: Row = (0..columns)
+            .map(|i| value(row.get_ref(i).map_err(fault)?))
+            .collect::<Result<_, Fault>>()?;
+        answer.rows.push(row);
+    }
+    Ok(answer)
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Int(value) => ToSqlOutput::Borrowed(ValueRef::Integer(*value)),
+            Value::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+        })
+    }
+}
+
+/// A column's value; the schema has no real or blob columns.
+fn value(column: ValueRef<'_>) -> Result<Value, Fault> {
+    match column {
+        ValueRef::Null => Ok(Value::Null),
+        ValueRef::Integer(value) => Ok(Value::Int(value)),
+        ValueRef::Text(text) => String::from_utf8(text.to_vec())
+            .map(Value::Text)
+            .map_err(|e| Fault::new(FaultKind::Other, format!("text column: {e}"))),
+        other => Err(Fault::new(
+            FaultKind::Other,
+            format!("unexpected column type {}", other.data_type()),
+        )),
+    }
+}
+
+/// Classifies a SQLite error: busy or locked means retry later.
+fn fault(e: rusqlite::Error) -> Fault {
+    let kind = match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => FaultKind::Unavailable,
+        _ => FaultKind::Other,
+    };
+    Fault::new(kind, e.to_string())
+}
 
 #[cfg(test)]
 mod tests {

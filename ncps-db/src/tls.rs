@@ -6,11 +6,6 @@
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-/// Said after a certificate error: where trusted certificates come from.
-pub(crate) const TRUST_HINT: &str = "the server's certificate must be signed by a CA in the \
-     URL's CA file (PostgreSQL's sslrootcert=, MySQL's ssl-ca=), or else by one among the \
-     system's roots or those of the PEM file SSL_CERT_FILE names";
-
 /// The certificates a server's certificate must chain to: those of the PEM
 /// file `ca_file` if given, otherwise the system's roots (those of
 /// `SSL_CERT_FILE` or `SSL_CERT_DIR` when set). The error says which file
