@@ -1,9 +1,10 @@
 //! [`MysqlDb`]: the metadata database in MySQL or MariaDB, through a pool
 //! of mysql_async connections. This file owns what is MySQL's own: its URLs
 //! (and the Go driver's parameters ncps takes), the pool and its session
-//! settings, running a statement, which server errors mean "unavailable" or
-//! "retry", its SQL dialect, and its migrations (one statement at a time,
-//! under `GET_LOCK`).
+//! settings, running a statement (and a migration file, one statement at a
+//! time), its values and rows, and which server errors mean "unavailable"
+//! or "retry". Its SQL dialect and migration locking are
+//! [`crate::dialect::MYSQL`].
 
 use std::fmt;
 use std::time::Duration;

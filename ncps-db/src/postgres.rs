@@ -1,9 +1,9 @@
 //! [`PostgresDb`]: the metadata database in PostgreSQL, through a pool of
 //! tokio-postgres connections. This file owns what is PostgreSQL's own: its
 //! URLs (libpq's, and `postgres+unix://`), the pool, running a statement
-//! (`?` placeholders numbered `$1`, `$2`, ...), which server errors mean
-//! "unavailable" or "retry", its SQL dialect, and its migrations (one
-//! transaction under an advisory lock).
+//! (`?` placeholders numbered `$1`, `$2`, ...), its values and rows, and
+//! which server errors mean "unavailable" or "retry". Its SQL dialect and
+//! migration locking are [`crate::dialect::POSTGRES`].
 
 use std::fmt;
 use std::str::FromStr;

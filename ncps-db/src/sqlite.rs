@@ -1,8 +1,8 @@
 //! [`SqliteDb`]: the metadata database in a SQLite file. This file owns
 //! what is SQLite's own: opening the file (or memory) and its pragmas, its
 //! URLs, running a statement with rusqlite on Tokio's blocking threads,
-//! which errors mean "busy", its SQL dialect, and its migrations (under
-//! `BEGIN IMMEDIATE`).
+//! its values and rows, and which errors mean "busy". Its SQL dialect and
+//! migration locking are [`crate::dialect::SQLITE`].
 
 use std::fmt;
 use std::future::Future;
@@ -93,8 +93,9 @@ impl SqlDb<Sqlite> {
     /// Configures a new connection and migrates it.
     fn setup(mut conn: rusqlite::Connection, path: Option<PathBuf>) -> Result<Self> {
         configure(&conn).map_err(|e| Error::backend("configuring the database", e))?;
-        // SQLite never makes the migration wait on anything but its own
-        // busy timeout, inside a call: the future is done when first polled.
+        // The shared runner is async, but on this connection every statement
+        // runs synchronously (SQLite waits only inside one, for its busy
+        // timeout), so the migration is done when first polled.
         let polled = pin!(migrate(&mut conn, &SQLITE.migrations))
             .poll(&mut Context::from_waker(Waker::noop()));
         match polled {
