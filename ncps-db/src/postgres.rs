@@ -330,6 +330,14 @@ mod tests {
     use tokio_postgres::config::{Host, SslMode};
 
     #[test]
+    fn numbers_placeholders_outside_quotes() {
+        assert_eq!(
+            numbered(r#"SELECT '?', "a?" FROM t WHERE a = ? AND b > ?"#),
+            r#"SELECT '?', "a?" FROM t WHERE a = $1 AND b > $2"#
+        );
+    }
+
+    #[test]
     fn parses_urls() {
         let (config, _) = parse_config("postgres://ncps:pw@db:5433/cache?sslmode=disable").unwrap();
         assert_eq!(config.get_user(), Some("ncps"));
