@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use futures::StreamExt;
 
 use crate::eviction::Backends;
+use crate::lock::LockKey;
 use crate::nar_verify::{self, NarCheck};
 use crate::{Error, NarInfo, NarRecord, NarStorage, Result};
 
@@ -229,19 +230,23 @@ pub async fn fsck(
             if files.contains(file) || db.get_nar(file).await?.is_some() {
                 continue;
             }
-            let lock_key = format!("download:{key}");
             let Some(guard) = backends
                 .lock
-                .try_acquire(&lock_key, options.download_lock_ttl)
+                .try_acquire_key(&LockKey::download_of(&key), options.download_lock_ttl)
                 .await?
             else {
                 report.busy += 1;
                 continue;
             };
-            // Recorded meanwhile (an upload or download just finished)?
-            let orphan = db.get_nar(file).await?.is_none();
-            let repaired = orphan && options.repair && backends.storage.delete(&key).await?;
-            guard.release().await?;
+            let (orphan, repaired) = guard
+                .release_after(async {
+                    // Recorded meanwhile (an upload or download just finished)?
+                    let orphan = db.get_nar(file).await?.is_none();
+                    let repaired =
+                        orphan && options.repair && backends.storage.delete(&key).await?;
+                    Ok((orphan, repaired))
+                })
+                .await?;
             if orphan {
                 report.findings.push(Finding {
                     problem: Problem::Orphan { key, size },
@@ -263,15 +268,15 @@ async fn check_nar(
     let key = format!("nar/{}", record.file);
     let Some(guard) = backends
         .lock
-        .try_acquire(&format!("download:{key}"), options.download_lock_ttl)
+        .try_acquire_key(&LockKey::download_of(&key), options.download_lock_ttl)
         .await?
     else {
         report.busy += 1;
         return Ok(());
     };
-    let result = check_nar_locked(backends, options, record, &key, report).await;
-    guard.release().await?;
-    result
+    guard
+        .release_after(check_nar_locked(backends, options, record, &key, report))
+        .await
 }
 
 async fn check_nar_locked(
