@@ -13,7 +13,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use ncps_core::upstream::{Upstream, UpstreamConfig, UpstreamOptions};
-//! use ncps_core::{Cache, CacheOptions, StorePathHash};
+//! use ncps_core::{BackgroundOptions, Cache, CacheOptions, Fetch, StorePathHash};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let storage = Arc::new(ncps_store::LocalStorage::new("/var/lib/my-service/nars")?);
@@ -26,12 +26,15 @@
 //!
 //! let key = Cache::signing_key_from_db(db.as_ref(), "my-service").await?;
 //! let cache = Cache::new(storage, lock, db, upstreams, key, CacheOptions::default());
+//! // Access times, upstream health checks, cleanup; stopped when dropped.
+//! let background = cache.start(BackgroundOptions::default());
 //!
-//! // In your own route handlers:
+//! // In your own route handlers; `Fetch` says how far a read may go.
 //! let hash: StorePathHash = "c2lps5fw8gs12sf22r14z39rnjffilzp".parse()?;
-//! if let Some(narinfo) = cache.narinfo(&hash).await? {
-//!     println!("{narinfo}");
+//! if let Some(narinfo) = cache.get_narinfo(&hash, Fetch::Upstream).await? {
+//!     println!("{}", narinfo.as_str());
 //! }
+//! background.stop();
 //! # Ok(())
 //! # }
 //! ```

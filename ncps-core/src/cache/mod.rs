@@ -23,7 +23,9 @@ pub use crate::nar_body::{NarBody, NarSize};
 pub use crate::options::CacheOptions;
 use crate::upstream::Upstream;
 use crate::{CacheInfo, Lock, MetadataDb, PublicKey, Result, SigningKey, Storage, StorageUsage};
-pub use background::{Background, BackgroundOptions};
+pub use background::{
+    Background, BackgroundOptions, CLEANUP_INTERVAL, HEALTH_CHECK_INTERVAL, NextRun,
+};
 pub use reads::Fetch;
 
 /// The database config key of the cache's secret key.
