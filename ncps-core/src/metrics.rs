@@ -163,7 +163,12 @@ impl Metrics {
     /// Adds every family to `registry`, under `ncps_` names (counters get
     /// `_total` when encoded).
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry;
+        self.register_lookups(registry);
+        self.register_store(registry);
+    }
+
+    /// The families of lookups and upstream fetches.
+    fn register_lookups(&self, r: &mut Registry) {
         r.register(
             "ncps_cache_hits",
             "Lookups answered from this cache's database or storage, by kind (narinfo, nar)",
@@ -194,6 +199,10 @@ impl Metrics {
             "NAR bytes received from an upstream",
             self.upstream_bytes.clone(),
         );
+    }
+
+    /// The families of what the store holds, locks and eviction.
+    fn register_store(&self, r: &mut Registry) {
         r.register(
             "ncps_store_paths",
             "Store paths (narinfos) the database holds; read at start, then kept up to date",

@@ -158,6 +158,14 @@ impl Cache {
         self.inner.fetcher.check_upstreams().await;
     }
 
+    /// Waits for and takes the download lock of `file`: no download,
+    /// upload, eviction or deletion of it meanwhile.
+    async fn lock_download(&self, file: &crate::nar_file::NarFile) -> Result<crate::LockGuard> {
+        let ttl = self.inner.options.download_lock_ttl;
+        let key = crate::lock::LockKey::download(file);
+        self.inner.lock.acquire_key(&key, ttl).await
+    }
+
     /// Forgets that no upstream had `hash`, so the next request asks again.
     pub fn forget_absent(&self, hash: &crate::StorePathHash) {
         self.inner.index.forget_absent(hash);

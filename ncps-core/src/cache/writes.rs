@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{Cache, Fetch};
 use crate::events::Event;
-use crate::lock::LockKey;
 use crate::nar_file::NarFile;
 use crate::pins::{Pinned, closure};
 use crate::upload::{
@@ -27,12 +26,7 @@ impl Cache {
         let expected = named_file_hash(file)?;
         let key = file.storage_key();
         let ttl = self.inner.options.download_lock_ttl;
-        // No download or eviction of this key meanwhile.
-        let guard = self
-            .inner
-            .lock
-            .acquire_key(&LockKey::download(file), ttl)
-            .await?;
+        let guard = self.lock_download(file).await?;
         let measured = Arc::new(Mutex::new(None));
         let checked = measuring(body, compression, expected, Arc::clone(&measured))?;
         let storage = self.inner.blobs.storage();
@@ -163,12 +157,7 @@ impl Cache {
     /// (which would otherwise point at nothing); whether there was one.
     pub async fn delete_nar(&self, file: &NarFile) -> Result<bool> {
         let key = file.storage_key();
-        let ttl = self.inner.options.download_lock_ttl;
-        let guard = self
-            .inner
-            .lock
-            .acquire_key(&LockKey::download(file), ttl)
-            .await?;
+        let guard = self.lock_download(file).await?;
         let (deleted, hashes, stored_size) = guard
             .release_after(async {
                 let db = self.inner.index.db();

@@ -109,7 +109,7 @@ impl Fetcher {
             .db()
             .set_nar_storage(&record.file, NarStorage::Unknown)
             .await?;
-        let verified = nar_verify::verified(download.body, nar_check(record)?)?;
+        let verified = nar_verify::verified(download.body, NarCheck::of_record(record)?)?;
         self.observers
             .emit(Event::NarFetchStarted { upstream: &label });
         let verified = counted(verified, self.observers.clone(), label.clone());
@@ -168,17 +168,6 @@ impl Fetcher {
 
 fn copy_error(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
-}
-
-/// How a NAR record says its bytes must check out.
-pub(super) fn nar_check(record: &NarRecord) -> Result<NarCheck> {
-    Ok(NarCheck {
-        compression: record.compression.clone(),
-        file_hash: record.file_hash.as_deref().map(str::parse).transpose()?,
-        file_size: record.file_size,
-        nar_hash: record.nar_hash.parse()?,
-        nar_size: record.nar_size,
-    })
 }
 
 /// `body` from `upstream`, telling `observers` of its bytes and of any

@@ -8,10 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::Fetcher;
-use super::download::nar_check;
 use crate::lock::LockKey;
 use crate::nar_file::NarFile;
-use crate::nar_verify;
+use crate::nar_verify::{self, NarCheck};
 use crate::{ByteStream, NarBody, NarRecord};
 
 /// The request header a replica sends when it streams a NAR from the peer
@@ -53,7 +52,7 @@ impl Fetcher {
         };
         let url = format!("{}/nar/{file}", peer.trim_end_matches('/'));
         let body = self.ask_peer(&url).await?;
-        let check = match nar_check(record) {
+        let check = match NarCheck::of_record(record) {
             Ok(check) => check,
             Err(e) => {
                 tracing::warn!(%file, error = %e, "stored NAR record is unreadable");
