@@ -43,7 +43,8 @@ impl Cache {
     /// [`Fetch::Upstream`] a missing NAR is streamed from its upstream while
     /// it is checked and stored; concurrent requests read the one download as
     /// it arrives, and with a shared lock a replica asked for a NAR a peer is
-    /// downloading streams it from that peer.
+    /// downloading streams it from that peer. A NAR served from storage is a
+    /// hit ([`crate::Event::NarHit`]) whatever `fetch` says.
     pub async fn get_nar(&self, file: &NarFile, fetch: Fetch) -> Result<Option<NarBody>> {
         let key = file.storage_key();
         match fetch {
