@@ -24,7 +24,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ncps_core::nar_file::NarFile;
 use ncps_core::upstream::{Upstream, UpstreamConfig, UpstreamOptions};
-use ncps_core::{Cache, CacheOptions, StorePathHash};
+use ncps_core::{BackgroundOptions, Cache, CacheOptions, Fetch, StorePathHash};
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -58,8 +58,8 @@ async fn route(cache: Cache, request: Request<Incoming>) -> Result<Response<Body
         let Ok(hash) = hash.parse::<StorePathHash>() else {
             return Ok(reply(StatusCode::BAD_REQUEST, "bad store path hash\n"));
         };
-        return Ok(match cache.narinfo(&hash).await {
-            Ok(Some(text)) => reply(StatusCode::OK, text),
+        return Ok(match cache.get_narinfo(&hash, Fetch::Upstream).await {
+            Ok(Some(narinfo)) => reply(StatusCode::OK, narinfo.text),
             Ok(None) => reply(StatusCode::NOT_FOUND, "no such path\n"),
             Err(e) => reply(StatusCode::BAD_GATEWAY, format!("{e}\n")),
         });
@@ -68,7 +68,7 @@ async fn route(cache: Cache, request: Request<Incoming>) -> Result<Response<Body
         let Ok(file) = file.parse::<NarFile>() else {
             return Ok(reply(StatusCode::BAD_REQUEST, "bad NAR name\n"));
         };
-        return Ok(match cache.nar(&file).await {
+        return Ok(match cache.get_nar(&file, Fetch::Upstream).await {
             Ok(Some(nar)) => {
                 Response::new(StreamBody::new(nar.body.map_ok(Frame::data)).boxed_unsync())
             }
@@ -97,6 +97,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = Cache::signing_key_from_db(db.as_ref(), "embedded").await?;
     let upstreams = vec![Upstream::new(upstream, UpstreamOptions::default())?];
     let cache = Cache::new(storage, lock, db, upstreams, key, CacheOptions::default());
+    // Access times, upstream health checks, cleanup: stopped when dropped.
+    let _background = cache.start(BackgroundOptions::default());
     println!("trust {}", cache.public_key());
 
     let listener = tokio::net::TcpListener::bind(env("EMBED_ADDR", "127.0.0.1:8600")).await?;

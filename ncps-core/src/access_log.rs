@@ -2,21 +2,19 @@
 //! narinfos and NARs, the NARs being read from storage right now, and
 //! counters (hits, misses) kept across restarts.
 //!
-//! A hit only updates this in-memory log; [`crate::Cache::flush_access_log`]
-//! writes it to the database in one batch (every minute, and before each
+//! The log is an observer of the engine's events ([`crate::events`]): a hit
+//! only updates it in memory; [`crate::Cache::flush_access_log`] writes it to the database in one batch (every minute, and before each
 //! eviction run), so serving never waits for a database write. A NAR still
 //! being read at a flush is recorded as used at that flush, so no instance
 //! evicts it while a client reads it.
 
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use futures::StreamExt;
-
-use crate::cache::now;
-use crate::{ByteStream, Cache, MetadataDb, Result};
+use crate::events::{Event, Observer};
+use crate::{ByteStream, MetadataDb, Result, now};
 
 /// The names of the counters the engine keeps in the database.
 pub mod counter {
@@ -198,25 +196,26 @@ impl AccessLog {
     }
 }
 
-impl Cache {
+impl AccessLog {
     /// Writes what was served since the last call (access times, counters)
-    /// to the database in one batch. On failure the batch is kept for the
-    /// next call.
-    pub async fn flush_access_log(&self) -> Result<()> {
-        let log = self.access_log();
-        let mut batch = log.take(now());
+    /// to `db` in one batch; `upstream_of` names the upstream of a NAR URL.
+    /// On failure the batch is kept for the next call.
+    pub async fn flush(
+        &self,
+        db: &dyn MetadataDb,
+        upstream_of: &(dyn Fn(&str) -> String + Sync),
+    ) -> Result<()> {
+        let mut batch = self.take(now());
         if batch.is_empty() {
             return Ok(());
         }
-        let db = self.backends().db;
         let counted = async {
-            if !log.since_recorded.load(Ordering::Relaxed) {
+            if !self.since_recorded.load(Ordering::Relaxed) {
                 db.set_config_if_absent(COUNTERS_SINCE_CONFIG, &now().to_string())
                     .await?;
-                log.since_recorded.store(true, Ordering::Relaxed);
+                self.since_recorded.store(true, Ordering::Relaxed);
             }
-            self.nar_hits_by_upstream(db.as_ref(), &batch.nar_hits)
-                .await
+            nar_hits_by_upstream(db, &batch.nar_hits, upstream_of).await
         }
         .await;
         match counted {
@@ -225,7 +224,7 @@ impl Cache {
                 batch.counters.extend(per_upstream);
             }
             Err(e) => {
-                log.restore(batch);
+                self.restore(batch);
                 return Err(e);
             }
         }
@@ -235,42 +234,70 @@ impl Cache {
         }
         .await;
         if let Err(e) = written {
-            log.restore(batch);
+            self.restore(batch);
             return Err(e);
         }
         Ok(())
     }
 
-    /// NAR hits (file, hits) as per-upstream counters: one database read
-    /// per NAR served since the last flush, off the serving path. Uploads
-    /// and NARs whose record is gone count in the total only.
-    async fn nar_hits_by_upstream(
-        &self,
-        db: &dyn MetadataDb,
-        hits: &[(String, i64)],
-    ) -> Result<Vec<(String, i64)>> {
-        let mut per_upstream: HashMap<String, i64> = HashMap::new();
-        for (file, n) in hits {
-            let Some(url) = db.get_nar(file).await?.and_then(|r| r.upstream_url) else {
-                continue;
-            };
-            let name = format!("{}{}", counter::NAR_HITS_FROM, self.upstream_of(&url));
-            *per_upstream.entry(name).or_default() += n;
-        }
-        Ok(per_upstream.into_iter().collect())
+    fn count_from(&self, prefix: &str, upstream: &str, delta: i64) {
+        self.count(&format!("{prefix}{upstream}"), delta);
     }
+}
 
-    /// Runs [`Cache::flush_access_log`] every `interval`, in the background.
-    pub fn spawn_access_flush(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let cache = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(interval).await;
-                if let Err(e) = cache.flush_access_log().await {
-                    tracing::warn!(error = %e, "cannot write access times; keeping them for the next try");
-                }
+/// NAR hits (file, hits) as per-upstream counters: one database read
+/// per NAR served since the last flush, off the serving path. Uploads
+/// and NARs whose record is gone count in the total only.
+async fn nar_hits_by_upstream(
+    db: &dyn MetadataDb,
+    hits: &[(String, i64)],
+    upstream_of: &(dyn Fn(&str) -> String + Sync),
+) -> Result<Vec<(String, i64)>> {
+    let mut per_upstream: HashMap<String, i64> = HashMap::new();
+    for (file, n) in hits {
+        let Some(url) = db.get_nar(file).await?.and_then(|r| r.upstream_url) else {
+            continue;
+        };
+        let name = format!("{}{}", counter::NAR_HITS_FROM, upstream_of(&url));
+        *per_upstream.entry(name).or_default() += n;
+    }
+    Ok(per_upstream.into_iter().collect())
+}
+
+/// The database side of the engine's events: access times, and the
+/// counters `ncps-cli stats` reads.
+impl Observer for AccessLog {
+    fn observe(&self, event: &Event<'_>) {
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        match *event {
+            Event::NarinfoHit { hash, nar_file } => {
+                self.narinfo(hash, nar_file, now());
+                self.count(counter::NARINFO_HITS, 1);
             }
-        })
+            Event::NarinfoFetched { upstream } => {
+                self.count(counter::NARINFO_MISSES, 1);
+                self.count_from(counter::NARINFO_FETCHES_FROM, upstream, 1);
+            }
+            Event::NarinfoAbsent { .. } => self.count(counter::NARINFO_ABSENT, 1),
+            Event::NarHit { file, .. } => {
+                self.nar(file, now());
+                self.count(counter::NAR_HITS, 1);
+                self.nar_hit(file);
+            }
+            Event::NarRangeRead { file } => self.nar(file, now()),
+            Event::NarMissFrom { upstream } => {
+                self.count(counter::NAR_MISSES, 1);
+                self.count_from(counter::NAR_MISSES_FROM, upstream, 1);
+            }
+            Event::NarFetchStarted { upstream } => {
+                self.count_from(counter::NAR_FETCHES_FROM, upstream, 1)
+            }
+            Event::NarDownloaded { upstream, bytes: n } => {
+                self.count_from(counter::NAR_FETCHED_BYTES_FROM, upstream, bytes(n))
+            }
+            Event::NarUploaded { .. } => self.count(counter::UPLOADED_NARS, 1),
+            _ => {}
+        }
     }
 }
 

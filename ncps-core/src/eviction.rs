@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access_log::{AccessLog, counter};
-use crate::cache::{hold_while, now};
+use crate::lock::{EVICTION_KEY, LockKey};
 use crate::pins::pinned_closure;
-use crate::{Cache, Lock, MetadataDb, NarStorage, Result, Storage, StoredNar};
+use crate::{Lock, MetadataDb, NarStorage, Result, Storage, StoredNar, now};
 
-/// The lock key of eviction runs, shared by every instance.
-pub const LRU_LOCK_KEY: &str = "lru:eviction";
+/// The lock key of eviction runs, shared by every instance ([`LockKey::Eviction`]).
+pub const LRU_LOCK_KEY: &str = EVICTION_KEY;
 
 /// [`EvictionOptions::min_age`] unless told otherwise.
 pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(5 * 60);
@@ -132,7 +132,7 @@ impl EvictionReport {
 }
 
 /// Runs eviction on `backends` from outside a server (`ncps-cli gc`): as
-/// [`Cache::evict`], without an engine's access log.
+/// [`crate::Cache::evict`], without an engine's access log.
 pub async fn evict(backends: &Backends, options: &EvictionOptions) -> Result<EvictionReport> {
     run(backends, None, options, &|_| {}).await
 }
@@ -156,7 +156,10 @@ pub async fn reconcile_storage(backends: &Backends, download_lock_ttl: Duration)
 
 /// [`reconcile_storage`]: how many it looked up, and how many of those (and
 /// their bytes) it found stored.
-async fn reconcile(backends: &Backends, download_lock_ttl: Duration) -> Result<(u64, u64, u64)> {
+pub(crate) async fn reconcile(
+    backends: &Backends,
+    download_lock_ttl: Duration,
+) -> Result<(u64, u64, u64)> {
     let (mut stored, mut stored_bytes) = (0, 0);
     let mut checked = 0;
     let mut busy = std::collections::HashSet::new();
@@ -170,30 +173,26 @@ async fn reconcile(backends: &Backends, download_lock_ttl: Duration) -> Result<(
                 continue;
             }
             let key = format!("nar/{file}");
-            let lock_key = format!("download:{key}");
             let Some(guard) = backends
                 .lock
-                .try_acquire(&lock_key, download_lock_ttl)
+                .try_acquire_key(&LockKey::download_of(&key), download_lock_ttl)
                 .await?
             else {
                 busy.insert(file);
                 continue;
             };
-            let found = backends.storage.head(&key).await;
-            let result = match found {
-                Ok(Some(size)) => {
-                    stored += 1;
-                    stored_bytes += size;
-                    backends
-                        .db
-                        .set_nar_storage(&file, NarStorage::Stored(size))
-                        .await
-                }
-                Ok(None) => backends.db.set_nar_storage(&file, NarStorage::Absent).await,
-                Err(e) => Err(e),
-            };
-            guard.release().await?;
-            result?;
+            let found = guard
+                .release_after(async {
+                    let found = backends.storage.head(&key).await?;
+                    let storage = found.map_or(NarStorage::Absent, NarStorage::Stored);
+                    backends.db.set_nar_storage(&file, storage).await?;
+                    Ok(found)
+                })
+                .await?;
+            if let Some(size) = found {
+                stored += 1;
+                stored_bytes += size;
+            }
             checked += 1;
         }
     }
@@ -204,7 +203,7 @@ async fn reconcile(backends: &Backends, download_lock_ttl: Duration) -> Result<(
 }
 
 /// One run; `access` is the running engine's log, if any.
-async fn run(
+pub(crate) async fn run(
     backends: &Backends,
     access: Option<&AccessLog>,
     options: &EvictionOptions,
@@ -217,7 +216,7 @@ async fn run(
     };
     let Some(guard) = backends
         .lock
-        .try_acquire(LRU_LOCK_KEY, options.lock_ttl)
+        .try_acquire_key(&LockKey::Eviction, options.lock_ttl)
         .await?
     else {
         tracing::info!("another instance is evicting; skipping this run");
@@ -225,9 +224,8 @@ async fn run(
     };
     report.ran = true;
     let work = evict_under_lock(backends, access, options, progress, &mut report);
-    let result = hold_while(work, &guard, options.lock_ttl).await;
-    guard.release().await?;
-    result?;
+    let result = guard.hold_while(work, options.lock_ttl).await;
+    guard.release_after(async { result }).await?;
     let freed = report.freed_bytes();
     if report.dry_run {
         tracing::info!(
@@ -368,61 +366,22 @@ async fn evict_one(
     let key = format!("nar/{}", nar.file);
     let Some(guard) = backends
         .lock
-        .try_acquire(&format!("download:{key}"), options.download_lock_ttl)
+        .try_acquire_key(&LockKey::download_of(&key), options.download_lock_ttl)
         .await?
     else {
         return Ok(None);
     };
-    let removed = async {
-        // Bytes first: until the records go, a request finds the record and
-        // fetches the NAR again from its upstream rather than failing.
-        backends.storage.delete(&key).await?;
-        for hash in &hashes {
-            db.delete_narinfo(hash).await?;
-        }
-        db.delete_nar(&nar.file).await?;
-        Ok::<_, crate::Error>(())
-    }
-    .await;
-    guard.release().await?;
-    removed?;
+    guard
+        .release_after(async {
+            // Bytes first: until the records go, a request finds the record and
+            // fetches the NAR again from its upstream rather than failing.
+            backends.storage.delete(&key).await?;
+            for hash in &hashes {
+                db.delete_narinfo(hash).await?;
+            }
+            db.delete_nar(&nar.file).await
+        })
+        .await?;
     tracing::debug!(file = %nar.file, size = nar.size, paths = ?evicted.store_paths, "evicted");
     Ok(Some(evicted))
-}
-
-impl Cache {
-    /// Runs eviction now (see the module documentation): writes this
-    /// instance's access log first, and never removes a NAR it is serving
-    /// from storage.
-    pub async fn evict(&self, options: &EvictionOptions) -> Result<EvictionReport> {
-        if let Err(e) = self.flush_access_log().await {
-            // Eviction may then see older access times; min_age covers that.
-            tracing::warn!(error = %e, "cannot write access times before eviction");
-        }
-        let report = run(&self.backends(), Some(self.access_log()), options, &|_| {}).await?;
-        if !report.dry_run {
-            for path in report.evicted.iter().flat_map(|n| &n.store_paths) {
-                // `/nix/store/<hash>-<name>`, or the bare hash.
-                let base = path.rsplit('/').next().unwrap_or(path);
-                self.forget_hot(base.split('-').next().unwrap_or(base));
-            }
-        }
-        if report.ran && !report.dry_run {
-            let freed = report.freed_bytes();
-            let paths: usize = report.evicted.iter().map(|n| n.store_paths.len()).sum();
-            self.metrics()
-                .record_removed(paths as u64, report.evicted.len() as u64, freed);
-            self.metrics().eviction_run(freed);
-        }
-        Ok(report)
-    }
-
-    /// [`reconcile_storage`] on this engine's backends.
-    pub async fn reconcile_storage(&self) -> Result<u64> {
-        let (checked, stored, bytes) =
-            reconcile(&self.backends(), self.options().download_lock_ttl).await?;
-        // The store gauges did not count NARs of unknown storage.
-        self.metrics().record_added(0, stored, bytes);
-        Ok(checked)
-    }
 }

@@ -14,8 +14,9 @@ use std::collections::HashSet;
 use futures::StreamExt;
 
 use crate::eviction::Backends;
+use crate::lock::LockKey;
 use crate::nar_verify::{self, NarCheck};
-use crate::{Error, NarInfo, NarRecord, NarStorage, Result};
+use crate::{Error, LockGuard, NarInfo, NarRecord, NarStorage, Result};
 
 /// How many records are read from the database at a time.
 const PAGE: usize = 500;
@@ -165,29 +166,68 @@ pub async fn fsck(
     options: &FsckOptions,
     progress: Progress<'_>,
 ) -> Result<FsckReport> {
-    let db = backends.db.as_ref();
-    let usage = db.storage_usage().await?;
-    let total = usage.nar_records + usage.narinfos;
-    let mut done = 0;
+    let usage = backends.db.storage_usage().await?;
+    let mut tally = Tally {
+        done: 0,
+        total: usage.nar_records + usage.narinfos,
+        progress,
+    };
     let mut report = FsckReport::default();
-    let mut files = HashSet::new();
+    let files = check_nars(backends, options, &mut tally, &mut report).await?;
+    check_narinfos(backends, options, &files, &mut tally, &mut report).await?;
+    check_objects(backends, options, &files, &mut report).await?;
+    Ok(report)
+}
 
+/// Items done of about `total`, told to `progress` as they are.
+struct Tally<'a> {
+    done: u64,
+    total: u64,
+    progress: Progress<'a>,
+}
+
+impl Tally<'_> {
+    fn step(&mut self) {
+        self.done += 1;
+        (self.progress)(self.done, self.total);
+    }
+}
+
+/// Checks every NAR record against storage; returns their file names.
+async fn check_nars(
+    backends: &Backends,
+    options: &FsckOptions,
+    tally: &mut Tally<'_>,
+    report: &mut FsckReport,
+) -> Result<HashSet<String>> {
+    let mut files = HashSet::new();
     let mut after: Option<String> = None;
     loop {
-        let page = db.list_nars(after.as_deref(), PAGE).await?;
+        let page = backends.db.list_nars(after.as_deref(), PAGE).await?;
         let Some(last) = page.last() else {
             break;
         };
         after = Some(last.file.clone());
         for record in page {
             files.insert(record.file.clone());
-            check_nar(backends, options, &record, &mut report).await?;
+            check_nar(backends, options, &record, report).await?;
             report.nars += 1;
-            done += 1;
-            progress(done, total);
+            tally.step();
         }
     }
+    Ok(files)
+}
 
+/// Checks that every narinfo reads and names a NAR record (`files`, or one
+/// recorded since).
+async fn check_narinfos(
+    backends: &Backends,
+    options: &FsckOptions,
+    files: &HashSet<String>,
+    tally: &mut Tally<'_>,
+    report: &mut FsckReport,
+) -> Result<()> {
+    let db = backends.db.as_ref();
     let mut after: Option<String> = None;
     loop {
         let page = db.list_narinfos(after.as_deref(), PAGE).await?;
@@ -197,8 +237,7 @@ pub async fn fsck(
         after = Some(last.hash.clone());
         for record in page {
             report.narinfos += 1;
-            done += 1;
-            progress(done, total);
+            tally.step();
             let problem = if let Err(e) = record.narinfo.parse::<NarInfo>() {
                 Problem::UnreadableNarinfo {
                     hash: record.hash.clone(),
@@ -219,38 +258,64 @@ pub async fn fsck(
             report.findings.push(Finding { problem, repaired });
         }
     }
+    Ok(())
+}
 
-    if let Some(objects) = backends.storage.list_objects("nar").await? {
-        report.objects = Some(objects.len() as u64);
-        for (key, size) in objects {
-            let Some(file) = key.strip_prefix("nar/") else {
-                continue;
-            };
-            if files.contains(file) || db.get_nar(file).await?.is_some() {
-                continue;
-            }
-            let lock_key = format!("download:{key}");
-            let Some(guard) = backends
-                .lock
-                .try_acquire(&lock_key, options.download_lock_ttl)
-                .await?
-            else {
-                report.busy += 1;
-                continue;
-            };
-            // Recorded meanwhile (an upload or download just finished)?
-            let orphan = db.get_nar(file).await?.is_none();
-            let repaired = orphan && options.repair && backends.storage.delete(&key).await?;
-            guard.release().await?;
-            if orphan {
-                report.findings.push(Finding {
-                    problem: Problem::Orphan { key, size },
-                    repaired,
-                });
-            }
+/// Looks for objects in storage that no NAR record names (orphans).
+async fn check_objects(
+    backends: &Backends,
+    options: &FsckOptions,
+    files: &HashSet<String>,
+    report: &mut FsckReport,
+) -> Result<()> {
+    let db = backends.db.as_ref();
+    let Some(objects) = backends.storage.list_objects("nar").await? else {
+        return Ok(());
+    };
+    report.objects = Some(objects.len() as u64);
+    for (key, size) in objects {
+        let Some(file) = key.strip_prefix("nar/") else {
+            continue;
+        };
+        if files.contains(file) || db.get_nar(file).await?.is_some() {
+            continue;
+        }
+        let Some(guard) = download_lock(backends, options, &key, report).await? else {
+            continue;
+        };
+        let (orphan, repaired) = guard
+            .release_after(async {
+                // Recorded meanwhile (an upload or download just finished)?
+                let orphan = db.get_nar(file).await?.is_none();
+                let repaired = orphan && options.repair && backends.storage.delete(&key).await?;
+                Ok((orphan, repaired))
+            })
+            .await?;
+        if orphan {
+            report.findings.push(Finding {
+                problem: Problem::Orphan { key, size },
+                repaired,
+            });
         }
     }
-    Ok(report)
+    Ok(())
+}
+
+/// The download lock of the object under `key` if it is free; a busy one
+/// is counted in `report`.
+async fn download_lock(
+    backends: &Backends,
+    options: &FsckOptions,
+    key: &str,
+    report: &mut FsckReport,
+) -> Result<Option<LockGuard>> {
+    let ttl = options.download_lock_ttl;
+    let guard = backends
+        .lock
+        .try_acquire_key(&LockKey::download_of(key), ttl)
+        .await?;
+    report.busy += u64::from(guard.is_none());
+    Ok(guard)
 }
 
 /// Checks one NAR record against storage, under its download lock.
@@ -261,17 +326,12 @@ async fn check_nar(
     report: &mut FsckReport,
 ) -> Result<()> {
     let key = format!("nar/{}", record.file);
-    let Some(guard) = backends
-        .lock
-        .try_acquire(&format!("download:{key}"), options.download_lock_ttl)
-        .await?
-    else {
-        report.busy += 1;
+    let Some(guard) = download_lock(backends, options, &key, report).await? else {
         return Ok(());
     };
-    let result = check_nar_locked(backends, options, record, &key, report).await;
-    guard.release().await?;
-    result
+    guard
+        .release_after(check_nar_locked(backends, options, record, &key, report))
+        .await
 }
 
 async fn check_nar_locked(
@@ -305,50 +365,9 @@ async fn check_nar_locked(
             return Ok(());
         }
         (Some(state), Some(size)) => {
-            if options.verify_content {
-                report.verified += 1;
-                if let Err(e) = verify(backends, record, key).await {
-                    let repaired = options.repair && discard_bytes(backends, record).await?;
-                    report.findings.push(Finding {
-                        problem: Problem::Corrupt {
-                            file,
-                            error: e.to_string(),
-                        },
-                        repaired,
-                    });
-                    return Ok(());
-                }
-            }
-            match state {
-                NarStorage::Stored(recorded) if recorded == size => return Ok(()),
-                NarStorage::Unknown => {
-                    db.set_nar_storage(&file, NarStorage::Stored(size)).await?;
-                    return Ok(());
-                }
-                NarStorage::Stored(recorded) => {
-                    let repaired = options.repair
-                        && db.set_nar_storage(&file, NarStorage::Stored(size)).await?;
-                    (
-                        Problem::WrongSize {
-                            file,
-                            recorded: Some(recorded),
-                            stored: size,
-                        },
-                        repaired,
-                    )
-                }
-                NarStorage::Absent => {
-                    let repaired = options.repair
-                        && db.set_nar_storage(&file, NarStorage::Stored(size)).await?;
-                    (
-                        Problem::WrongSize {
-                            file,
-                            recorded: None,
-                            stored: size,
-                        },
-                        repaired,
-                    )
-                }
+            match check_stored(backends, options, record, key, state, size, report).await? {
+                Some(found) => found,
+                None => return Ok(()),
             }
         }
         // Not downloaded yet, or the record went meanwhile.
@@ -358,15 +377,55 @@ async fn check_nar_locked(
     Ok(())
 }
 
+/// Checks a NAR storage holds (`size` bytes) whose record says `state`:
+/// read whole if asked, its recorded size put right. `None` if all is well
+/// (or, found corrupt, already reported).
+async fn check_stored(
+    backends: &Backends,
+    options: &FsckOptions,
+    record: &NarRecord,
+    key: &str,
+    state: NarStorage,
+    size: u64,
+    report: &mut FsckReport,
+) -> Result<Option<(Problem, bool)>> {
+    let db = backends.db.as_ref();
+    let file = record.file.clone();
+    if options.verify_content {
+        report.verified += 1;
+        if let Err(e) = verify(backends, record, key).await {
+            let repaired = options.repair && discard_bytes(backends, record).await?;
+            report.findings.push(Finding {
+                problem: Problem::Corrupt {
+                    file,
+                    error: e.to_string(),
+                },
+                repaired,
+            });
+            return Ok(None);
+        }
+    }
+    let recorded = match state {
+        NarStorage::Stored(recorded) if recorded == size => return Ok(None),
+        NarStorage::Unknown => {
+            db.set_nar_storage(&file, NarStorage::Stored(size)).await?;
+            return Ok(None);
+        }
+        NarStorage::Stored(recorded) => Some(recorded),
+        NarStorage::Absent => None,
+    };
+    let repaired = options.repair && db.set_nar_storage(&file, NarStorage::Stored(size)).await?;
+    let problem = Problem::WrongSize {
+        file,
+        recorded,
+        stored: size,
+    };
+    Ok(Some((problem, repaired)))
+}
+
 /// Reads a stored NAR whole through the checks its record promises.
 async fn verify(backends: &Backends, record: &NarRecord, key: &str) -> Result<()> {
-    let check = NarCheck {
-        compression: record.compression.clone(),
-        file_hash: record.file_hash.as_deref().map(str::parse).transpose()?,
-        file_size: record.file_size,
-        nar_hash: record.nar_hash.parse()?,
-        nar_size: record.nar_size,
-    };
+    let check = NarCheck::of_record(record)?;
     let Some(object) = backends.storage.get(key).await? else {
         return Err(Error::Integrity("gone while being read".into()));
     };

@@ -10,10 +10,8 @@
 //! ([`Metrics::nar_stored`]), and by whatever removes them
 //! ([`Metrics::record_removed`]): a scrape never queries the database.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_trait::async_trait;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,26 +19,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::{Lock, LockGuard, Result, StorageUsage};
+use crate::StorageUsage;
 
-/// What a cache lookup or upstream fetch was for.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Kind {
-    /// A narinfo.
-    Narinfo,
-    /// A NAR file.
-    Nar,
-}
-
-impl Kind {
-    /// Its label value: `narinfo` or `nar`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Narinfo => "narinfo",
-            Kind::Nar => "nar",
-        }
-    }
-}
+pub use crate::events::Kind;
+use crate::events::{Event, LockOutcome, Observer};
 
 impl EncodeLabelValue for Kind {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
@@ -62,17 +44,6 @@ struct UpstreamLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamOnlyLabels {
     upstream: String,
-}
-
-/// How a lock request ended.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-enum LockOutcome {
-    /// The lock was taken (at once or after waiting).
-    Acquired,
-    /// `try_acquire` found it held by someone else.
-    Busy,
-    /// The lock backend failed.
-    Error,
 }
 
 impl EncodeLabelValue for LockOutcome {
@@ -192,7 +163,12 @@ impl Metrics {
     /// Adds every family to `registry`, under `ncps_` names (counters get
     /// `_total` when encoded).
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry;
+        self.register_lookups(registry);
+        self.register_store(registry);
+    }
+
+    /// The families of lookups and upstream fetches.
+    fn register_lookups(&self, r: &mut Registry) {
         r.register(
             "ncps_cache_hits",
             "Lookups answered from this cache's database or storage, by kind (narinfo, nar)",
@@ -223,6 +199,10 @@ impl Metrics {
             "NAR bytes received from an upstream",
             self.upstream_bytes.clone(),
         );
+    }
+
+    /// The families of what the store holds, locks and eviction.
+    fn register_store(&self, r: &mut Registry) {
         r.register(
             "ncps_store_paths",
             "Store paths (narinfos) the database holds; read at start, then kept up to date",
@@ -384,79 +364,47 @@ impl Metrics {
     }
 }
 
-/// The `kind` label of a lock key: its prefix before `:`, if a known one.
-fn lock_kind(key: &str) -> &'static str {
-    match key.split_once(':').map(|(prefix, _)| prefix) {
-        Some("download") => "download",
-        Some("narinfo") => "narinfo",
-        Some("lru") => "lru",
-        _ => "other",
-    }
-}
-
-/// A [`Lock`] that counts acquisitions and times waits, in front of another.
-///
-/// [`Lock::acquire`] first tries to take the lock; only if it is held does it
-/// count a wait and time the backend's own `acquire`.
-#[derive(Debug)]
-pub struct MeteredLock {
-    inner: Arc<dyn Lock>,
-    metrics: Arc<Metrics>,
-}
-
-impl MeteredLock {
-    /// Meters `inner` into `metrics`.
-    pub fn new(inner: Arc<dyn Lock>, metrics: Arc<Metrics>) -> Self {
-        MeteredLock { inner, metrics }
-    }
-}
-
-#[async_trait]
-impl Lock for MeteredLock {
-    async fn acquire(&self, key: &str, ttl: Duration) -> Result<LockGuard> {
-        let kind = lock_kind(key);
-        match self.inner.try_acquire(key, ttl).await {
-            Ok(Some(guard)) => {
-                self.metrics.lock_outcome(kind, LockOutcome::Acquired);
-                return Ok(guard);
+impl Observer for Metrics {
+    fn observe(&self, event: &Event<'_>) {
+        match *event {
+            Event::NarinfoHit { .. } => self.cache_hit(Kind::Narinfo),
+            Event::NarinfoMiss { .. } => self.cache_miss(Kind::Narinfo),
+            // Its NAR counts once it is stored.
+            Event::NarinfoFetched { .. } | Event::NarinfoUploaded { new: true } => {
+                self.record_added(1, 0, 0)
             }
-            Ok(None) => {}
-            Err(e) => {
-                self.metrics.lock_outcome(kind, LockOutcome::Error);
-                return Err(e);
+            Event::NarHit { lookup: true, .. } => self.cache_hit(Kind::Nar),
+            Event::NarMiss { .. } => self.cache_miss(Kind::Nar),
+            Event::UpstreamFetch {
+                upstream,
+                kind,
+                took,
+                failed,
+            } => self.upstream_fetch(upstream, kind, took, failed),
+            Event::UpstreamBroke { upstream, kind } => self.upstream_error(upstream, kind),
+            Event::UpstreamBytes { upstream, bytes } => self.upstream_bytes(upstream, bytes),
+            Event::NarDownloaded { bytes, .. } | Event::NarUploaded { bytes } => {
+                self.nar_stored(bytes)
             }
+            Event::Deleted { paths, nars, bytes } => self.record_removed(paths, nars, bytes),
+            Event::Evicted { paths, nars, bytes } => {
+                self.record_removed(paths, nars, bytes);
+                self.eviction_run(bytes);
+            }
+            Event::NarsFound { nars, bytes } => self.record_added(0, nars, bytes),
+            Event::StoreTotals(usage) => self.set_store_totals(usage),
+            Event::Lock { kind, outcome } => self.lock_outcome(kind, outcome),
+            Event::LockWait { kind } => {
+                self.lock_waits
+                    .get_or_create(&LockKindLabels { kind })
+                    .inc();
+            }
+            Event::LockWaited { kind, waited } => self
+                .lock_wait_seconds
+                .get_or_create(&LockKindLabels { kind })
+                .observe(waited.as_secs_f64()),
+            _ => {}
         }
-        self.metrics
-            .lock_waits
-            .get_or_create(&LockKindLabels { kind })
-            .inc();
-        let started = Instant::now();
-        let result = self.inner.acquire(key, ttl).await;
-        self.metrics
-            .lock_wait_seconds
-            .get_or_create(&LockKindLabels { kind })
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = match result {
-            Ok(_) => LockOutcome::Acquired,
-            Err(_) => LockOutcome::Error,
-        };
-        self.metrics.lock_outcome(kind, outcome);
-        result
-    }
-
-    async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Option<LockGuard>> {
-        let result = self.inner.try_acquire(key, ttl).await;
-        let outcome = match &result {
-            Ok(Some(_)) => LockOutcome::Acquired,
-            Ok(None) => LockOutcome::Busy,
-            Err(_) => LockOutcome::Error,
-        };
-        self.metrics.lock_outcome(lock_kind(key), outcome);
-        result
-    }
-
-    async fn holder(&self, key: &str) -> Result<Option<String>> {
-        self.inner.holder(key).await
     }
 }
 
@@ -521,7 +469,5 @@ mod tests {
             text.contains("ncps_eviction_freed_bytes_total 77"),
             "{text}"
         );
-        assert_eq!(lock_kind("download:nar/x.nar"), "download");
-        assert_eq!(lock_kind("readiness-probe"), "other");
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::hash::HashingCounter;
-use crate::{ByteStream, Error, NarInfo, NixHash, Result};
+use crate::{ByteStream, Error, NarInfo, NarRecord, NixHash, Result};
 
 /// What a NAR file must match.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +36,17 @@ pub struct NarCheck {
 }
 
 impl NarCheck {
+    /// The checks a NAR record promises.
+    pub fn of_record(record: &NarRecord) -> Result<Self> {
+        Ok(NarCheck {
+            compression: record.compression.clone(),
+            file_hash: record.file_hash.as_deref().map(str::parse).transpose()?,
+            file_size: record.file_size,
+            nar_hash: record.nar_hash.parse()?,
+            nar_size: record.nar_size,
+        })
+    }
+
     /// The checks a narinfo promises.
     pub fn from_narinfo(info: &NarInfo) -> Self {
         NarCheck {

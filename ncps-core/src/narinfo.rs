@@ -69,30 +69,28 @@ impl NarInfo {
     }
 }
 
-impl FromStr for NarInfo {
-    type Err = Error;
+/// The fields of a narinfo's text, as they are written.
+#[derive(Default)]
+struct Fields {
+    store_path: Option<String>,
+    url: Option<String>,
+    compression: Option<String>,
+    file_hash: Option<String>,
+    file_size: Option<String>,
+    nar_hash: Option<String>,
+    nar_size: Option<String>,
+    references: Option<String>,
+    deriver: Option<String>,
+    sigs: Vec<Signature>,
+    ca: Option<String>,
+    extra: Vec<(String, String)>,
+}
 
-    fn from_str(text: &str) -> Result<Self> {
-        if text.len() > MAX_NARINFO_LEN {
-            return Err(Error::InvalidInput(format!(
-                "narinfo of {} bytes is larger than {MAX_NARINFO_LEN}",
-                text.len()
-            )));
-        }
+impl Fields {
+    /// Splits `text` into its fields; each but `Sig` (and unknown ones) at most once.
+    fn read(text: &str) -> Result<Self> {
         let bad = |why: String| Error::InvalidInput(format!("narinfo: {why}"));
-        let mut store_path = None;
-        let mut url = None;
-        let mut compression = None;
-        let mut file_hash = None;
-        let mut file_size = None;
-        let mut nar_hash = None;
-        let mut nar_size = None;
-        let mut references = None;
-        let mut deriver = None;
-        let mut sigs = Vec::new();
-        let mut ca = None;
-        let mut extra = Vec::new();
-
+        let mut fields = Fields::default();
         for line in text.lines() {
             // `lines` strips the `\r` of `\r\n` but not a bare one ending the
             // text, nor more than one: strip them all, or a value ending in
@@ -113,21 +111,51 @@ impl FromStr for NarInfo {
                     Ok(())
                 }
             };
+            let f = &mut fields;
             match key {
-                "StorePath" => set(&mut store_path)?,
-                "URL" => set(&mut url)?,
-                "Compression" => set(&mut compression)?,
-                "FileHash" => set(&mut file_hash)?,
-                "FileSize" => set(&mut file_size)?,
-                "NarHash" => set(&mut nar_hash)?,
-                "NarSize" => set(&mut nar_size)?,
-                "References" => set(&mut references)?,
-                "Deriver" => set(&mut deriver)?,
-                "CA" => set(&mut ca)?,
-                "Sig" => sigs.push(value.parse()?),
-                _ => extra.push((key.to_owned(), value.to_owned())),
+                "StorePath" => set(&mut f.store_path)?,
+                "URL" => set(&mut f.url)?,
+                "Compression" => set(&mut f.compression)?,
+                "FileHash" => set(&mut f.file_hash)?,
+                "FileSize" => set(&mut f.file_size)?,
+                "NarHash" => set(&mut f.nar_hash)?,
+                "NarSize" => set(&mut f.nar_size)?,
+                "References" => set(&mut f.references)?,
+                "Deriver" => set(&mut f.deriver)?,
+                "CA" => set(&mut f.ca)?,
+                "Sig" => f.sigs.push(value.parse()?),
+                _ => f.extra.push((key.to_owned(), value.to_owned())),
             }
         }
+        Ok(fields)
+    }
+}
+
+impl FromStr for NarInfo {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        if text.len() > MAX_NARINFO_LEN {
+            return Err(Error::InvalidInput(format!(
+                "narinfo of {} bytes is larger than {MAX_NARINFO_LEN}",
+                text.len()
+            )));
+        }
+        let bad = |why: String| Error::InvalidInput(format!("narinfo: {why}"));
+        let Fields {
+            store_path,
+            url,
+            compression,
+            file_hash,
+            file_size,
+            nar_hash,
+            nar_size,
+            references,
+            deriver,
+            sigs,
+            ca,
+            extra,
+        } = Fields::read(text)?;
 
         let required =
             |slot: Option<String>, key: &str| slot.ok_or_else(|| bad(format!("{key} is missing")));

@@ -7,8 +7,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use crate::cache::now;
-use crate::{Cache, MetadataDb, NarInfo, PinRecord, Result, StorePathHash};
+use crate::{MetadataDb, NarInfo, Result};
 
 /// What the pins protect.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,42 +67,4 @@ pub struct Pinned {
     pub store_path: Option<String>,
     /// How many paths of its closure are cached now.
     pub closure_paths: usize,
-}
-
-impl Cache {
-    /// Pins `hash` and its closure against eviction. The narinfo is fetched
-    /// from the upstreams if it is not cached; `None` if no one has it (and
-    /// nothing is pinned).
-    pub async fn pin(&self, hash: &StorePathHash) -> Result<Option<Pinned>> {
-        let Some(text) = self.narinfo(hash).await? else {
-            return Ok(None);
-        };
-        let db = self.backends().db;
-        let new = db.add_pin(hash.as_str(), now()).await?;
-        let closure = closure(db.as_ref(), vec![hash.as_str().to_owned()]).await?;
-        let store_path = text
-            .parse::<NarInfo>()
-            .ok()
-            .map(|i| i.store_path.to_string());
-        tracing::info!(%hash, new, closure = closure.paths.len(), "pinned");
-        Ok(Some(Pinned {
-            new,
-            store_path,
-            closure_paths: closure.paths.len(),
-        }))
-    }
-
-    /// Unpins `hash`; whether it was pinned.
-    pub async fn unpin(&self, hash: &StorePathHash) -> Result<bool> {
-        let removed = self.backends().db.delete_pin(hash.as_str()).await?;
-        if removed {
-            tracing::info!(%hash, "unpinned");
-        }
-        Ok(removed)
-    }
-
-    /// Every pin, in hash order.
-    pub async fn pins(&self) -> Result<Vec<PinRecord>> {
-        self.backends().db.list_pins().await
-    }
 }

@@ -11,12 +11,6 @@ use crate::metrics::ServerMetrics;
 use crate::options::{DEFAULT_UPSTREAM, DEFAULT_UPSTREAM_KEY, LockBackend, ServeOptions};
 use crate::service::AppState;
 
-/// How often every upstream's nix-cache-info is checked.
-const HEALTH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// How often storage is searched for unfinished writes a crash left behind.
-const CLEANUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-
 /// The netrc file of `--netrc-file`, or `~/.netrc` when it exists.
 pub(crate) fn read_netrc(path: Option<&Path>) -> Result<Option<Netrc>> {
     let (path, explicit) = match path {
@@ -444,8 +438,6 @@ pub async fn build(options: &ServeOptions) -> Result<AppState> {
         ..CacheOptions::default()
     };
     let cache = Cache::new(storage, lock, db, upstreams, signing_key, cache_options);
-    cache.spawn_health_checks(HEALTH_CHECK_INTERVAL);
-    cache.spawn_cleanup(CLEANUP_INTERVAL);
     crate::housekeeping::start(&cache, eviction, &writes, &tokens);
     tracing::info!(public_key = %cache.public_key(), data_dir = %data_dir.display(), "cache ready");
     let metrics = if options.prometheus_enabled {

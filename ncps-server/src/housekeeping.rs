@@ -1,14 +1,15 @@
-//! The background work of a cache kept for a team: writing access times in
-//! batches, looking up NARs of unknown storage once, and eviction on its
-//! schedule; and warnings at start about writes open to anyone.
+//! The background work of a cache kept for a team, which the engine runs
+//! ([`Cache::start`]): writing access times in batches, upstream health
+//! checks, cleanup of unfinished writes, looking up NARs of unknown storage
+//! once, and eviction on its schedule; and warnings at start about writes
+//! open to anyone.
 
-use ncps_core::Cache;
-use ncps_core::cache::ACCESS_FLUSH_INTERVAL;
 use ncps_core::eviction::EvictionOptions;
+use ncps_core::{BackgroundOptions, Cache};
 
 use crate::auth::Tokens;
 use crate::byte_size::format_size;
-use crate::lru_schedule::{self, Schedule};
+use crate::lru_schedule::Schedule;
 use crate::writes::WriteOptions;
 
 /// Starts the background tasks of `cache`.
@@ -18,15 +19,7 @@ pub fn start(
     writes: &WriteOptions,
     tokens: &Tokens,
 ) {
-    cache.spawn_access_flush(ACCESS_FLUSH_INTERVAL);
-    // NARs recorded before the database tracked what storage holds, once.
-    let reconciling = cache.clone();
-    tokio::spawn(async move {
-        if let Err(e) = reconciling.reconcile_storage().await {
-            tracing::warn!(error = %e, "cannot look up NARs of unknown storage; eviction will retry");
-        }
-    });
-    match eviction {
+    let eviction = match eviction {
         Some((schedule, options)) => {
             tracing::info!(
                 max_size = %format_size(options.max_size),
@@ -34,10 +27,21 @@ pub fn start(
                 min_age = ?options.min_age,
                 "LRU eviction on"
             );
-            lru_schedule::spawn(cache.clone(), schedule, options);
+            Some((schedule.into_next_run(), options))
         }
-        None => tracing::info!("no --cache-max-size: the cache grows without limit"),
-    }
+        None => {
+            tracing::info!("no --cache-max-size: the cache grows without limit");
+            None
+        }
+    };
+    // NARs recorded before the database tracked what storage holds are
+    // looked up once; the work runs as long as the server.
+    cache
+        .start(BackgroundOptions {
+            eviction,
+            ..BackgroundOptions::default()
+        })
+        .detach();
     if (writes.allow_put || writes.allow_delete) && tokens.writes_open() {
         tracing::warn!(
             "uploads or deletes are on without --cache-put-token or --cache-get-token: anyone who reaches this server can change it"

@@ -1,11 +1,13 @@
 //! When eviction runs: `--cache-lru-schedule`, a cron spec in a time zone,
-//! and the background task that runs [`Cache::evict`] on it.
+//! which the engine's background work asks for the next run
+//! ([`ncps_core::Cache::start`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Local, TimeZone, Utc};
 use croner::Cron;
-use ncps_core::Cache;
+use ncps_core::cache::NextRun;
 use ncps_core::eviction::EvictionOptions;
 
 use crate::options::ServeOptions;
@@ -60,6 +62,11 @@ impl Schedule {
         })
     }
 
+    /// The schedule as the engine's eviction task asks it.
+    pub fn into_next_run(self) -> NextRun {
+        Arc::new(move || self.until_next())
+    }
+
     /// How long from now until the next run.
     pub fn until_next(&self) -> Option<Duration> {
         match self {
@@ -103,27 +110,6 @@ pub fn from_options(
         dry_run: false,
     };
     Ok(Some((schedule, eviction)))
-}
-
-/// Runs eviction with `options` on `schedule`, in the background. A run that
-/// fails is logged and the schedule goes on.
-pub fn spawn(
-    cache: Cache,
-    schedule: Schedule,
-    options: EvictionOptions,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Some(wait) = schedule.until_next() else {
-                tracing::warn!("--cache-lru-schedule has no next time; eviction stops");
-                return;
-            };
-            tokio::time::sleep(wait).await;
-            if let Err(e) = cache.evict(&options).await {
-                tracing::error!(error = %e, "eviction run failed");
-            }
-        }
-    })
 }
 
 #[cfg(test)]
