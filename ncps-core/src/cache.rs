@@ -90,12 +90,16 @@ pub struct NarBody {
     pub size: Option<u64>,
     /// The bytes; an `Err` item means the transfer must be aborted.
     pub body: ByteStream,
+    /// Where `body`'s bytes lie in a stored file, when they do (see
+    /// [`crate::StoredObject::file`]): a server may send them from there.
+    pub file: Option<crate::FileRegion>,
 }
 
 impl std::fmt::Debug for NarBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NarBody")
             .field("size", &self.size)
+            .field("file", &self.file)
             .finish_non_exhaustive()
     }
 }
@@ -645,6 +649,7 @@ impl Cache {
             return Ok(Some(NarBody {
                 size,
                 body: download.reader(),
+                file: None,
             }));
         }
         self.stored_nar(file, &key).await
@@ -703,6 +708,7 @@ impl Cache {
                 Some(NarBody {
                     size: record.file_size,
                     body,
+                    file: None,
                 })
             }
             Err(e) => {
@@ -884,6 +890,7 @@ impl Cache {
             NarBody {
                 size: Some(object.size),
                 body: self.inner.access.reading(file.as_str(), object.body),
+                file: object.file,
             }
         }))
     }
@@ -921,6 +928,7 @@ impl Cache {
         Ok(Some(NarBody {
             size: Some(object.size),
             body: access.reading(file.as_str(), object.body),
+            file: object.file,
         }))
     }
 }
@@ -977,6 +985,7 @@ fn reading(record: &NarRecord, download: &Download) -> NarBody {
     NarBody {
         size: record.file_size,
         body: download.reader(),
+        file: None,
     }
 }
 

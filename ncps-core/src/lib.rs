@@ -81,5 +81,5 @@ pub use metadata::{
 pub use narinfo::NarInfo;
 pub use served_narinfo::ServedNarinfo;
 pub use signing::{PublicKey, Signature, SigningKey};
-pub use storage::{ByteStream, Incomplete, Storage, StoredObject};
+pub use storage::{ByteStream, FileRegion, Incomplete, Storage, StoredObject};
 pub use store_path::{StorePath, StorePathHash};

@@ -271,6 +271,7 @@ impl Cache {
         Ok(Some(NarBody {
             size: Some(object.size),
             body: self.access_log().reading(file.as_str(), object.body),
+            file: object.file,
         }))
     }
 
