@@ -69,6 +69,19 @@ pub fn no_content() -> Response<Body> {
     response
 }
 
+/// The answer to a write that removes something: 204 when it was there,
+/// 404 saying `missing` when not, or the error (the client's to fix).
+pub fn removed(
+    result: ncps_core::Result<bool>,
+    missing: impl FnOnce() -> String,
+) -> Response<Body> {
+    match result {
+        Ok(true) => no_content(),
+        Ok(false) => no_store(plain(StatusCode::NOT_FOUND, missing(), false)),
+        Err(e) => error(&e, Source::Client, false),
+    }
+}
+
 /// 405 with the methods the path takes.
 pub fn not_allowed(refusal: NotAllowed) -> Response<Body> {
     let mut response = no_store(plain(StatusCode::METHOD_NOT_ALLOWED, refusal.why, false));

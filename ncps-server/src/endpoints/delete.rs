@@ -4,7 +4,7 @@
 
 use http::{Response, StatusCode};
 
-use crate::response::{self, Body, Source, no_store};
+use crate::response::{self, Body, no_store};
 use crate::routing::{NotAllowed, Target};
 use crate::service::AppState;
 
@@ -26,13 +26,5 @@ pub async fn delete(state: &AppState, target: Target, path: &str) -> Response<Bo
             return no_store(response::plain(StatusCode::NOT_FOUND, message, false));
         }
     };
-    match deleted {
-        Ok(true) => response::no_content(),
-        Ok(false) => no_store(response::plain(
-            StatusCode::NOT_FOUND,
-            format!("{path} is not here"),
-            false,
-        )),
-        Err(e) => response::error(&e, Source::Client, false),
-    }
+    response::removed(deleted, || format!("{path} is not here"))
 }

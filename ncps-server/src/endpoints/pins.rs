@@ -45,15 +45,8 @@ pub async fn pin(state: &AppState, hash: StorePathHash) -> Response<Body> {
 
 /// `DELETE /pin/<hash>.narinfo`.
 pub async fn unpin(state: &AppState, hash: StorePathHash) -> Response<Body> {
-    match state.cache.unpin(&hash).await {
-        Ok(true) => response::no_content(),
-        Ok(false) => no_store(response::plain(
-            StatusCode::NOT_FOUND,
-            format!("{hash} is not pinned"),
-            false,
-        )),
-        Err(e) => response::error(&e, Source::Client, false),
-    }
+    let unpinned = state.cache.unpin(&hash).await;
+    response::removed(unpinned, || format!("{hash} is not pinned"))
 }
 
 /// `GET /pins`: JSON `[{"hash": .., "pinnedAt": ..}]`.
