@@ -328,19 +328,12 @@ pub(crate) mod tests {
         let from = 1001;
         let object = storage.get_range("nar/x.nar", from, u64::MAX).await;
         let object = object.unwrap().unwrap();
-        assert!(
-            object.file.is_some(),
-            "a large stored range is a file region"
-        );
+        assert!(object.file.is_some(), "a large range is a file region");
         let sends = FileSends::default();
         let mut request = http::Request::new(());
         request.extensions_mut().insert(sends.clone());
-        let nar = NarBody {
-            size: Some(object.size),
-            body: object.body,
-            file: object.file,
-        };
-        let mut stored = declared(&request, nar);
+        let (size, body, file) = (Some(object.size), object.body, object.file);
+        let mut stored = declared(&request, NarBody { size, body, file });
         let mut pieces = vec![Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n")];
         while let Some(chunk) = stored.next().await {
             pieces.push(chunk.unwrap());
