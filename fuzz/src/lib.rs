@@ -8,7 +8,7 @@
 
 use ncps_core::nar_file::NarFile;
 use ncps_core::{NarInfo, PublicKey, Signature, SigningKey};
-use ncps_server::routing::{self, Route};
+use ncps_server::routing::{self, Endpoint, Target};
 
 /// What a fuzz target runs on one input.
 pub type Check = fn(&[u8]);
@@ -40,16 +40,42 @@ pub fn narinfo(data: &[u8]) {
     let _ = NarFile::for_narinfo(&info);
 }
 
-/// Request path routing: a narinfo or NAR route is only ever the canonical
-/// spelling of its path, and a NAR's storage key stays under `nar/`.
+/// Request routing: an input starting with `/` is a GET of that path (as
+/// the kept corpus is); otherwise its first byte picks the method and the
+/// rest is the path. A narinfo or NAR route is only ever the canonical
+/// spelling of its path, a NAR's storage key stays under `nar/`, and every
+/// route has an access and one of the fixed metric labels.
 pub fn route(data: &[u8]) {
-    let Ok(path) = std::str::from_utf8(data) else {
+    let (method, path) = match data.split_first() {
+        Some((b'/', _)) => (0, data),
+        Some((&method, path)) => (method, path),
+        None => return,
+    };
+    let Ok(path) = std::str::from_utf8(path) else {
         return;
     };
-    let _ = ncps_server::metrics::Route::of(path);
-    match routing::route(path) {
-        Route::Narinfo(hash) => assert_eq!(path, format!("/{hash}.narinfo")),
-        Route::Nar(file) => {
+    let methods = [
+        http::Method::GET,
+        http::Method::HEAD,
+        http::Method::PUT,
+        http::Method::POST,
+        http::Method::DELETE,
+        http::Method::OPTIONS,
+    ];
+    let method = &methods[usize::from(method) % methods.len()];
+    let route = routing::route(method, path);
+    let _ = (route.access, route.label().as_str());
+    match route.endpoint {
+        Endpoint::Narinfo(hash) => assert_eq!(path, format!("/{hash}.narinfo")),
+        Endpoint::Nar(file) => {
+            assert_eq!(path, format!("/nar/{file}"));
+            check_nar_file(&file);
+        }
+        Endpoint::Stored(Target::Nar(file)) | Endpoint::Upload(Target::Nar(file)) => {
+            assert_eq!(path, format!("/upload/nar/{file}"));
+            check_nar_file(&file);
+        }
+        Endpoint::Delete(Target::Nar(file)) => {
             assert_eq!(path, format!("/nar/{file}"));
             check_nar_file(&file);
         }

@@ -97,7 +97,7 @@ pub use narinfo::NarInfo;
 pub use options::CacheOptions;
 pub use served_narinfo::ServedNarinfo;
 pub use signing::{PublicKey, Signature, SigningKey};
-pub use storage::{ByteStream, Incomplete, Storage, StoredObject};
+pub use storage::{ByteStream, FileRegion, Incomplete, Storage, StoredObject};
 pub use store_path::{StorePath, StorePathHash};
 
 /// Seconds since the Unix epoch.

@@ -9,12 +9,16 @@ pub struct NarBody {
     pub size: Option<u64>,
     /// The bytes; an `Err` item means the transfer must be aborted.
     pub body: ByteStream,
+    /// Where `body`'s bytes lie in a stored file, when they do (see
+    /// [`crate::StoredObject::file`]): a server may send them from there.
+    pub file: Option<crate::FileRegion>,
 }
 
 impl std::fmt::Debug for NarBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NarBody")
             .field("size", &self.size)
+            .field("file", &self.file)
             .finish_non_exhaustive()
     }
 }

@@ -1,8 +1,13 @@
-//! The `Storage` trait: where NAR bytes live, streamed in and out.
+//! The `Storage` trait: where NAR bytes live, streamed in and out, and
+//! what a read from storage returns: the bytes as a stream and, when they
+//! are a stretch of a local file, that [`FileRegion`], so a server can send
+//! them from the file without copying them through the process.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,15 +22,46 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 pub struct StoredObject {
     /// Its size in bytes.
     pub size: u64,
-    /// Its bytes.
+    /// Its bytes (of the range asked for, from [`Storage::get_range`]).
     pub body: ByteStream,
+    /// Where `body`'s bytes lie in a local file, when they do: `body`
+    /// yields exactly the bytes of this region, in order. `None` for
+    /// bytes from elsewhere (S3, memory) or read into memory already.
+    pub file: Option<FileRegion>,
 }
 
 impl Debug for StoredObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredObject")
             .field("size", &self.size)
+            .field("file", &self.file)
             .finish_non_exhaustive()
+    }
+}
+
+/// A stretch of a stored file: `len` bytes from `offset`. The file is never
+/// changed in place while it can be read (backends replace and delete
+/// files, never rewrite them), so sending the region (with `sendfile(2)`)
+/// sends the same bytes as the body it describes.
+#[derive(Clone, Debug)]
+pub struct FileRegion {
+    /// The open file.
+    pub file: Arc<File>,
+    /// Where the bytes start in the file.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: u64,
+}
+
+impl FileRegion {
+    /// The `len` bytes of this region from `offset` on, cut at its end.
+    pub fn slice(&self, offset: u64, len: u64) -> FileRegion {
+        let offset = offset.min(self.len);
+        FileRegion {
+            file: self.file.clone(),
+            offset: self.offset + offset,
+            len: len.min(self.len - offset),
+        }
     }
 }
 
@@ -79,6 +115,7 @@ pub trait Storage: Send + Sync + Debug {
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Option<StoredObject>> {
         Ok(self.get(key).await?.map(|object| StoredObject {
             size: object.size,
+            file: object.file.map(|file| file.slice(offset, len)),
             body: slice(object.body, offset, len),
         }))
     }
@@ -169,6 +206,24 @@ mod tests {
             let end = (offset + len).min(100) as usize;
             let start = (offset as usize).min(end);
             assert_eq!(got, data[start..end], "{offset} {len}");
+        }
+    }
+
+    #[test]
+    fn file_regions_slice_within_themselves() {
+        let region = FileRegion {
+            file: Arc::new(tempfile::tempfile().unwrap()),
+            offset: 100,
+            len: 50,
+        };
+        for (offset, len, want) in [
+            (0, 50, (100, 50)),
+            (10, 5, (110, 5)),
+            (40, 99, (140, 10)),
+            (60, 5, (150, 0)),
+        ] {
+            let got = region.slice(offset, len);
+            assert_eq!((got.offset, got.len), want, "{offset} {len}");
         }
     }
 }

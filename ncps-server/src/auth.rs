@@ -5,17 +5,16 @@
 //! auth carrying the token as its password (what Nix sends from a netrc
 //! file: `machine cache.example.org password <token>`). Tokens are compared
 //! in constant time (as SHA-256 digests, so not even their length leaks).
-//! `/healthz`, `/readyz` and `/metrics` need no token.
+//! `/healthz`, `/readyz` and `/metrics` need no token. Which access each
+//! request needs is the route table's to say ([`crate::routing`]).
 
 use base64::Engine as _;
-use bytes::Bytes;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use ncps_core::NixHash;
 use subtle::ConstantTimeEq;
 
-use crate::service::Body;
+use crate::response::{self, Body};
 
 /// A token, kept only as its digest.
 #[derive(Clone)]
@@ -42,6 +41,8 @@ impl std::fmt::Debug for Token {
 /// What a request may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// Probes and the scrape: no token.
+    Open,
     /// GET and HEAD.
     Read,
     /// PUT, DELETE and pins.
@@ -86,9 +87,18 @@ impl Tokens {
     /// `Ok` if the request may do `access`, else the 401 to answer.
     pub fn check(&self, access: Access, headers: &HeaderMap) -> Result<(), Box<Response<Body>>> {
         // The write token also reads: an uploader must see what is there.
-        let (needed, also) = match access {
-            Access::Read => (self.get.as_ref(), self.put.as_ref()),
-            Access::Write => (self.put.as_ref().or(self.get.as_ref()), None),
+        let (needed, also, what) = match access {
+            Access::Open => return Ok(()),
+            Access::Read => (
+                self.get.as_ref(),
+                self.put.as_ref(),
+                "reading this cache needs --cache-get-token",
+            ),
+            Access::Write => (
+                self.put.as_ref().or(self.get.as_ref()),
+                None,
+                "changing this cache needs --cache-put-token",
+            ),
         };
         let Some(needed) = needed else {
             return Ok(());
@@ -97,8 +107,8 @@ impl Tokens {
             Some(token) if needed.matches(&token) | also.is_some_and(|t| t.matches(&token)) => {
                 Ok(())
             }
-            Some(_) => Err(Box::new(unauthorized(access, "the token is not valid"))),
-            None => Err(Box::new(unauthorized(access, "a token is needed"))),
+            Some(_) => Err(Box::new(unauthorized(what, "the token is not valid"))),
+            None => Err(Box::new(unauthorized(what, "a token is needed"))),
         }
     }
 }
@@ -132,38 +142,16 @@ fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// 401, asking for a bearer token (or basic auth, which Nix's netrc sends).
-fn unauthorized(access: Access, why: &str) -> Response<Body> {
-    let what = match access {
-        Access::Read => "reading this cache needs --cache-get-token",
-        Access::Write => "changing this cache needs --cache-put-token",
-    };
+fn unauthorized(what: &str, why: &str) -> Response<Body> {
     let message = format!(
-        "{why}: {what}; send Authorization: Bearer <token>, or basic auth (a netrc file) with the token as password\n"
+        "{why}: {what}; send Authorization: Bearer <token>, or basic auth (a netrc file) with the token as password"
     );
-    let len = message.len();
-    let body = Full::new(Bytes::from(message))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut response: Response<Body> = Response::new(body);
-    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    let mut response =
+        response::no_store(response::plain(StatusCode::UNAUTHORIZED, message, false));
     let headers = response.headers_mut();
-    headers.append(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"ncps\""),
-    );
-    headers.append(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"ncps\""),
-    );
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(http::header::CONTENT_LENGTH, len.into());
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    for challenge in ["Bearer realm=\"ncps\"", "Basic realm=\"ncps\""] {
+        headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
     response
 }
 

@@ -10,6 +10,7 @@ pub mod byte_size;
 pub mod check_config;
 pub mod config_file;
 pub mod encoding;
+pub mod endpoints;
 pub mod fd_limit;
 pub mod housekeeping;
 pub mod limits;
@@ -20,9 +21,10 @@ pub mod options;
 pub mod range;
 pub mod reference;
 pub mod request_log;
+pub mod response;
 pub mod routing;
 pub mod server;
 pub mod service;
 pub mod writes;
-#[cfg(all(target_os = "linux", feature = "local-storage"))]
+#[cfg(target_os = "linux")]
 mod zero_copy;

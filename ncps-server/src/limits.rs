@@ -145,12 +145,21 @@ pub(crate) async fn watchdog(activity: &Activity, idle: Duration, stall: Duratio
     }
 }
 
-/// A connection's stream: sends mapped NAR slices with `sendfile(2)` where
-/// it can (`zero_copy.rs`).
-#[cfg(all(target_os = "linux", feature = "local-storage"))]
+/// A connection's stream: sends declared file bytes with `sendfile(2)`
+/// (`zero_copy.rs`).
+#[cfg(target_os = "linux")]
 type Stream = crate::zero_copy::ZeroCopy;
-#[cfg(not(all(target_os = "linux", feature = "local-storage")))]
+#[cfg(not(target_os = "linux"))]
 type Stream = TcpStream;
+
+/// What a connection's requests carry (as an extension) to reach its
+/// stream: the file bytes it may send with `sendfile(2)`.
+#[cfg(target_os = "linux")]
+pub(crate) type Sends = crate::zero_copy::FileSends;
+/// Nothing, without `sendfile(2)`.
+#[cfg(not(target_os = "linux"))]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sends;
 
 /// A TCP stream that tells its [`Activity`] whenever a byte moves.
 pub(crate) struct Watched {
@@ -159,11 +168,13 @@ pub(crate) struct Watched {
 }
 
 impl Watched {
-    pub(crate) fn new(stream: TcpStream, activity: Arc<Activity>) -> Watched {
-        Watched {
-            stream: Stream::from(stream),
-            activity,
-        }
+    /// `stream`, watched by `activity`, sending what `sends` declares.
+    pub(crate) fn new(stream: TcpStream, activity: Arc<Activity>, sends: Sends) -> Watched {
+        #[cfg(target_os = "linux")]
+        let stream = Stream::new(stream, sends);
+        #[cfg(not(target_os = "linux"))]
+        let _ = sends;
+        Watched { stream, activity }
     }
 }
 

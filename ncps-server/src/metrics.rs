@@ -19,9 +19,10 @@ use prometheus_client::registry::Registry;
 /// The `Content-Type` of `/metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// What a request was for: the `route` label.
+/// What a request was for: the `route` label, given by
+/// [`crate::routing::Route::label`].
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Route {
+pub enum Label {
     /// `/<hash>.narinfo`
     Narinfo,
     /// `/nar/...`
@@ -40,47 +41,28 @@ pub enum Route {
     Other,
 }
 
-impl Route {
-    /// The route of a request path.
-    pub fn of(path: &str) -> Route {
-        match path {
-            "/nix-cache-info" => Route::NixCacheInfo,
-            "/pubkey" => Route::Pubkey,
-            "/healthz" => Route::Healthz,
-            "/readyz" => Route::Readyz,
-            "/metrics" => Route::Metrics,
-            _ if path.starts_with("/nar/") => Route::Nar,
-            _ if path
-                .strip_prefix('/')
-                .is_some_and(|p| p.ends_with(".narinfo") && !p.contains('/')) =>
-            {
-                Route::Narinfo
-            }
-            _ => Route::Other,
-        }
-    }
-
+impl Label {
     /// Its label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Route::Narinfo => "narinfo",
-            Route::Nar => "nar",
-            Route::NixCacheInfo => "nix-cache-info",
-            Route::Pubkey => "pubkey",
-            Route::Healthz => "healthz",
-            Route::Readyz => "readyz",
-            Route::Metrics => "metrics",
-            Route::Other => "other",
+            Label::Narinfo => "narinfo",
+            Label::Nar => "nar",
+            Label::NixCacheInfo => "nix-cache-info",
+            Label::Pubkey => "pubkey",
+            Label::Healthz => "healthz",
+            Label::Readyz => "readyz",
+            Label::Metrics => "metrics",
+            Label::Other => "other",
         }
     }
 
     /// Whether requests to it are probes and scrapes (logged at debug level).
     pub fn is_probe(self) -> bool {
-        matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+        matches!(self, Label::Healthz | Label::Readyz | Label::Metrics)
     }
 }
 
-impl EncodeLabelValue for Route {
+impl EncodeLabelValue for Label {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
@@ -100,14 +82,14 @@ fn method_label(method: &Method) -> &'static str {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: Route,
+    route: Label,
     method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: Route,
+    route: Label,
 }
 
 /// The registry `/metrics` serves: the engine's families and the HTTP ones.
@@ -152,7 +134,7 @@ impl ServerMetrics {
     }
 
     /// Records one answered request.
-    pub fn observe(&self, route: Route, method: &Method, status: u16, bytes: u64, took: Duration) {
+    pub fn observe(&self, route: Label, method: &Method, status: u16, bytes: u64, took: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
@@ -181,24 +163,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_are_a_fixed_set() {
-        assert_eq!(
-            Route::of("/0c3mv8n9fdmnmdl4qx3ppz5zzrn6xhgc.narinfo"),
-            Route::Narinfo
-        );
-        assert_eq!(Route::of("/anything.narinfo"), Route::Narinfo);
-        assert_eq!(Route::of("/upload/x.narinfo"), Route::Other);
-        assert_eq!(Route::of("/nar/abc.nar.xz"), Route::Nar);
-        assert_eq!(Route::of("/"), Route::Other);
-        assert_eq!(Route::of("/wp-admin/index.php"), Route::Other);
-        assert_eq!(Route::of("/metrics"), Route::Metrics);
-    }
-
-    #[test]
     fn renders_requests_by_route_and_status() {
         let metrics = ServerMetrics::new(&Metrics::new());
         metrics.observe(
-            Route::Nar,
+            Label::Nar,
             &Method::GET,
             200,
             1234,

@@ -26,8 +26,10 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tracing::Instrument;
 
-use crate::metrics::{Route, ServerMetrics};
-use crate::service::{self, AppState, Body};
+use crate::metrics::{Label, ServerMetrics};
+use crate::response::Body;
+use crate::routing;
+use crate::service::{self, AppState};
 
 /// The request and response header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -58,8 +60,9 @@ fn new_request_id() -> String {
     format!("{:016x}", z ^ (z >> 31))
 }
 
-/// Answers one request through [`service::handle`], logging it and
-/// recording it in the metrics when its body is done.
+/// Answers one request through [`service::handle`], after parsing its
+/// route (the only place a request is parsed), logging it and recording it
+/// in the metrics when its body is done.
 pub async fn handle<B>(state: AppState, request: Request<B>) -> Result<Response<Body>, Infallible>
 where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -69,16 +72,20 @@ where
     let id = given_request_id(request.headers()).unwrap_or_else(new_request_id);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route = routing::route(&method, &path);
+    let label = route.label();
     let metrics = state.metrics.clone();
     let span = tracing::info_span!("request", request_id = %id);
-    let response = service::handle(state, request).instrument(span).await?;
+    let response = service::handle(state, route, request)
+        .instrument(span)
+        .await?;
     let (mut parts, body) = response.into_parts();
     if let Ok(value) = HeaderValue::from_str(&id) {
         parts.headers.insert(REQUEST_ID_HEADER, value);
     }
     let done = Done {
         started,
-        route: Route::of(&path),
+        route: label,
         method,
         path,
         status: parts.status.as_u16(),
@@ -97,7 +104,7 @@ where
 /// What is logged and recorded when a response is done.
 struct Done {
     started: Instant,
-    route: Route,
+    route: Label,
     method: Method,
     path: String,
     status: u16,

@@ -227,13 +227,14 @@ where
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let activity = Activity::new();
-                // Counts this connection's requests for its watchdog.
+                let (activity, sends) = (Activity::new(), limits::Sends::default());
+                // Counts its requests for its watchdog; hands them `sends`.
                 let service = {
-                    let service = service.clone();
+                    let (service, sends) = (service.clone(), sends.clone());
                     let in_flight = activity.in_flight.clone();
-                    service_fn(move |request| {
+                    service_fn(move |mut request| {
                         let guard = InFlight::new(&in_flight);
+                        request.extensions_mut().insert(sends.clone());
                         let call = service.call(request);
                         async move {
                             let response = call.await?;
@@ -244,7 +245,7 @@ where
                         }
                     })
                 };
-                let io = TokioIo::new(Watched::new(stream, activity.clone()));
+                let io = TokioIo::new(Watched::new(stream, activity.clone(), sends));
                 let connection = builder.serve_connection_with_upgrades(io, service);
                 let connection = graceful.watch(connection.into_owned());
                 let (idle, stall) = (limits.idle_timeout, limits.stall_timeout);

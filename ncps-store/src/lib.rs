@@ -60,7 +60,5 @@ pub use cleanup::{Discarded, discard_incomplete};
 pub use copy::{CopyOutcome, CopyStats, ObjectInfo, copy_objects};
 #[cfg(feature = "local")]
 pub use local::LocalStorage;
-#[cfg(feature = "local")]
-pub use mapped::{FileRegion, file_region};
 #[cfg(feature = "s3")]
 pub use s3::{PART_SIZE, S3Config, S3Proxy, S3Storage};

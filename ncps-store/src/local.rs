@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use ncps_core::{ByteStream, Error, Incomplete, Result, Storage, StoredObject};
+use ncps_core::{ByteStream, Error, FileRegion, Incomplete, Result, Storage, StoredObject};
 use tokio::io::AsyncWriteExt;
 
 use crate::open_files::{self, OpenFile, OpenFiles};
@@ -51,12 +51,22 @@ enum Opened {
 }
 
 impl Opened {
-    fn body(self) -> ByteStream {
-        match self {
-            Opened::Map { file, start, end } => mapped::stream(file, start, end),
-            Opened::Read(bytes) if bytes.is_empty() => Box::pin(futures::stream::empty()),
-            Opened::Read(bytes) => Box::pin(futures::stream::once(async { Ok(bytes) })),
-        }
+    /// The object of `size` bytes whose range this is; a mapped range says
+    /// which region of its file it is, so it can be sent from there.
+    fn object(self, size: u64) -> StoredObject {
+        let (body, file): (ByteStream, _) = match self {
+            Opened::Map { file, start, end } => {
+                let region = FileRegion {
+                    file: file.clone(),
+                    offset: start,
+                    len: end - start,
+                };
+                (mapped::stream(file, start, end), Some(region))
+            }
+            Opened::Read(bytes) if bytes.is_empty() => (Box::pin(futures::stream::empty()), None),
+            Opened::Read(bytes) => (Box::pin(futures::stream::once(async { Ok(bytes) })), None),
+        };
+        StoredObject { size, body, file }
     }
 }
 
@@ -320,10 +330,7 @@ impl Storage for LocalStorage {
         let Some((size, opened)) = self.open(key, offset, len).await? else {
             return Ok(None);
         };
-        Ok(Some(StoredObject {
-            size,
-            body: opened.body(),
-        }))
+        Ok(Some(opened.object(size)))
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
@@ -412,5 +419,38 @@ impl Storage for LocalStorage {
             Err(e) if is_missing(&e) => Ok(()),
             Err(e) => Err(Error::backend(format!("removing {}", path.display()), e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// A mapped range says which stretch of its file it is; a small one,
+    /// read into memory already, says none.
+    #[tokio::test]
+    async fn mapped_ranges_declare_their_file_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path()).unwrap();
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+        let body = futures::stream::iter([Ok(Bytes::from(data.clone()))]).boxed();
+        storage.put("nar/x.nar", body).await.unwrap();
+        for (offset, len) in [(0, u64::MAX), (1001, 4_500_000), (4_000_000, 2_000_000)] {
+            let object = storage.get_range("nar/x.nar", offset, len).await.unwrap();
+            let object = object.unwrap();
+            let region = object.file.clone().expect("a mapped range");
+            let end = offset.saturating_add(len).min(data.len() as u64);
+            assert_eq!((region.offset, region.len), (offset, end - offset));
+            let body: Vec<u8> = object.body.map(|c| c.unwrap().to_vec()).concat().await;
+            let mut from_file = vec![0; region.len as usize];
+            region
+                .file
+                .read_exact_at(&mut from_file, region.offset)
+                .unwrap();
+            assert!(body == from_file && body == data[offset as usize..end as usize]);
+        }
+        let small = storage.get_range("nar/x.nar", 10, 100).await.unwrap();
+        assert!(small.unwrap().file.is_none());
     }
 }

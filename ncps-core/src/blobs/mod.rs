@@ -97,6 +97,7 @@ impl Blobs {
         NarBody {
             size: Some(object.size),
             body: self.access.reading(file, object.body),
+            file: object.file,
         }
     }
 

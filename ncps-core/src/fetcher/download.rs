@@ -190,6 +190,7 @@ pub(super) fn reading(record: &NarRecord, download: &Download) -> NarBody {
     NarBody {
         size: record.file_size,
         body: download.reader(),
+        file: None,
     }
 }
 

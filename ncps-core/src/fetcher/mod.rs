@@ -254,6 +254,7 @@ impl Fetcher {
             return Ok(Some(NarBody {
                 size,
                 body: download.reader(),
+                file: None,
             }));
         }
         self.blobs.serve(file.as_str(), key, false).await

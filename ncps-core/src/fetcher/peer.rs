@@ -65,6 +65,7 @@ impl Fetcher {
                 Some(NarBody {
                     size: record.file_size,
                     body,
+                    file: None,
                 })
             }
             Err(e) => {

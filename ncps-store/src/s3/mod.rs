@@ -181,6 +181,7 @@ fn empty_object(size: u64) -> StoredObject {
     StoredObject {
         size,
         body: Box::pin(futures::stream::empty()),
+        file: None,
     }
 }
 
@@ -220,6 +221,7 @@ impl Storage for S3Storage {
         Ok(Some(StoredObject {
             size,
             body: stream_body(output.body),
+            file: None,
         }))
     }
 
@@ -251,6 +253,7 @@ impl Storage for S3Storage {
             Some(size) => Ok(Some(StoredObject {
                 size,
                 body: stream_body(output.body),
+                file: None,
             })),
             // A server that ignores ranges sends the whole object; cut it here.
             None => {
@@ -258,6 +261,7 @@ impl Storage for S3Storage {
                 Ok(Some(StoredObject {
                     size,
                     body: slice(stream_body(output.body), offset, len),
+                    file: None,
                 }))
             }
         }
