@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use ncps_config::byte_size::{format_size, parse_size};
+use ncps_config::options::ServeOptions;
+use ncps_config::{Machine, Settings};
 use ncps_core::access_log::{COUNTERS_SINCE_CONFIG, counter};
 use ncps_core::eviction::{self, Backends, EvictionOptions, EvictionReport};
 use ncps_core::fsck::{self, FsckOptions, FsckReport};
 use ncps_core::{NarInfo, NarStorage, StorePathHash, StoredNar};
-use ncps_server::byte_size::{format_size, parse_size};
-use ncps_server::options::ServeOptions;
 use serde_json::{Value, json};
 
 /// What an admin command's exit code means (see README, "ncps-cli").
@@ -152,33 +153,40 @@ pub fn run(command: AdminCommand, json: bool) -> Result<u8, Failure> {
         .map_err(|e| Failure::new(exit::FAILURE, format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         match command {
-            AdminCommand::Stats { server } => stats(&server.options, json).await,
+            AdminCommand::Stats { server } => stats(&server.settings()?, json).await,
             AdminCommand::Gc {
                 dry_run,
                 max_size,
                 server,
-            } => gc(&server.options, dry_run, max_size, json).await,
-            AdminCommand::Pin { paths, server } => pin(&server.options, &paths, true, json).await,
-            AdminCommand::Unpin { paths, server } => {
-                pin(&server.options, &paths, false, json).await
+            } => gc(&server.settings()?, dry_run, max_size, json).await,
+            AdminCommand::Pin { paths, server } => {
+                pin(&server.settings()?, &paths, true, json).await
             }
-            AdminCommand::Pins { server } => pins(&server.options, json).await,
+            AdminCommand::Unpin { paths, server } => {
+                pin(&server.settings()?, &paths, false, json).await
+            }
+            AdminCommand::Pins { server } => pins(&server.settings()?, json).await,
             AdminCommand::Fsck {
                 verify_content,
                 repair,
                 server,
-            } => fsck(&server.options, verify_content, repair, json).await,
+            } => fsck(&server.settings()?, verify_content, repair, json).await,
             AdminCommand::Narinfo {
                 command: NarinfoCommand::Show { path, server },
-            } => narinfo_show(&server.options, &path, json).await,
+            } => narinfo_show(&server.settings()?, &path, json).await,
         }
     })
 }
 
-async fn open(options: &ServeOptions) -> Result<Backends, Failure> {
-    ncps_server::app::open_backends(options)
-        .await
-        .map_err(Failure::from)
+impl Server {
+    /// The server's settings, checked as the server checks them.
+    fn settings(&self) -> Result<Settings, Failure> {
+        Ok(Settings::from_options(&self.options, &Machine::detect())?)
+    }
+}
+
+async fn open(settings: &Settings) -> Result<Backends, Failure> {
+    ncps_config::open(settings).await.map_err(Failure::from)
 }
 
 /// A store path hash from a store path, base name or hash.
@@ -277,10 +285,10 @@ const UPSTREAM_COUNTERS: [&str; 5] = [
     counter::NAR_FETCHED_BYTES_FROM,
 ];
 
-async fn stats(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
-    let backends = open(options).await?;
+async fn stats(settings: &Settings, json: bool) -> Result<u8, Failure> {
+    let backends = open(settings).await?;
     let db = backends.db.as_ref();
-    eviction::reconcile_storage(&backends, options.cache_lock_download_ttl).await?;
+    eviction::reconcile_storage(&backends, settings.cache.download_lock_ttl).await?;
     let usage = db.storage_usage().await?;
     let counters: BTreeMap<String, i64> = db.list_counters().await?.into_iter().collect();
     let since = db
@@ -291,10 +299,14 @@ async fn stats(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
     let ratio =
         |hits: i64, misses: i64| (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
     // Upstream URLs without their query (`?priority=`, `?public-key=`).
-    let upstreams: Vec<String> = options
-        .cache_upstream_urls
+    let upstreams: Vec<String> = settings
+        .upstreams
+        .upstreams
         .iter()
-        .map(|u| u.split('?').next().unwrap_or(u).to_owned())
+        .map(|u| {
+            let url = u.config.url.as_str();
+            url.split('?').next().unwrap_or(url).to_owned()
+        })
         .collect();
 
     // Per upstream: NARs and bytes in storage, and its counters.
@@ -357,7 +369,7 @@ async fn stats(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
             "storedNars": usage.stored_nars,
             "storedBytes": usage.stored_bytes,
             "unknownStorage": usage.unknown_nars,
-            "maxSize": options.cache_max_size,
+            "maxSize": settings.cache.max_size,
             "pins": usage.pins,
             "countersSince": since,
             "narinfo": {"hits": narinfo.0, "misses": narinfo.1, "absent": count(counter::NARINFO_ABSENT), "hitRatio": ratio(narinfo.0, narinfo.1)},
@@ -370,8 +382,9 @@ async fn stats(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
     }
     let percent = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
     println!("paths (narinfos):   {}", usage.narinfos);
-    let limit = options
-        .cache_max_size
+    let limit = settings
+        .cache
+        .max_size
         .map(|m| format!(" of {} (--cache-max-size)", format_size(m)))
         .unwrap_or_default();
     println!(
@@ -463,24 +476,21 @@ fn eviction_json(report: &EvictionReport) -> Value {
 }
 
 async fn gc(
-    options: &ServeOptions,
+    settings: &Settings,
     dry_run: bool,
     max_size: Option<u64>,
     json: bool,
 ) -> Result<u8, Failure> {
-    let Some(max_size) = max_size.or(options.cache_max_size) else {
+    let Some(max_size) = max_size.or(settings.cache.max_size) else {
         return Err(Failure::new(
             exit::USAGE,
             "gc needs a limit: --max-size or --cache-max-size (CACHE_MAX_SIZE)",
         ));
     };
-    let backends = open(options).await?;
+    let backends = open(settings).await?;
     let eviction_options = EvictionOptions {
-        max_size,
-        min_age: options.cache_lru_min_age,
-        lock_ttl: options.cache_lock_lru_ttl,
-        download_lock_ttl: options.cache_lock_download_ttl,
         dry_run,
+        ..settings.cache.eviction_options(max_size)
     };
     let usage = backends.db.storage_usage().await?;
     let bar = progress_bar(
@@ -533,17 +543,12 @@ async fn gc(
     Ok(if report.ran { exit::OK } else { exit::BUSY })
 }
 
-async fn pin(
-    options: &ServeOptions,
-    paths: &[String],
-    pin: bool,
-    json: bool,
-) -> Result<u8, Failure> {
+async fn pin(settings: &Settings, paths: &[String], pin: bool, json: bool) -> Result<u8, Failure> {
     let hashes = paths
         .iter()
         .map(|p| hash_of(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let backends = open(options).await?;
+    let backends = open(settings).await?;
     let db = backends.db.as_ref();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -584,8 +589,8 @@ async fn pin(
     Ok(if missing { exit::NOT_FOUND } else { exit::OK })
 }
 
-async fn pins(options: &ServeOptions, json: bool) -> Result<u8, Failure> {
-    let backends = open(options).await?;
+async fn pins(settings: &Settings, json: bool) -> Result<u8, Failure> {
+    let backends = open(settings).await?;
     let db = backends.db.as_ref();
     let mut list = Vec::new();
     for pin in db.list_pins().await? {
@@ -645,16 +650,16 @@ fn kind(problem: &fsck::Problem) -> &'static str {
 }
 
 async fn fsck(
-    options: &ServeOptions,
+    settings: &Settings,
     verify_content: bool,
     repair: bool,
     json: bool,
 ) -> Result<u8, Failure> {
-    let backends = open(options).await?;
+    let backends = open(settings).await?;
     let fsck_options = FsckOptions {
         verify_content,
         repair,
-        download_lock_ttl: options.cache_lock_download_ttl,
+        download_lock_ttl: settings.cache.download_lock_ttl,
     };
     let bar = progress_bar(0, "checking", json);
     let report = fsck::fsck(&backends, &fsck_options, &|done, total| {
@@ -708,9 +713,9 @@ async fn fsck(
     })
 }
 
-async fn narinfo_show(options: &ServeOptions, path: &str, json: bool) -> Result<u8, Failure> {
+async fn narinfo_show(settings: &Settings, path: &str, json: bool) -> Result<u8, Failure> {
     let hash = hash_of(path)?;
-    let backends = open(options).await?;
+    let backends = open(settings).await?;
     let db = backends.db.as_ref();
     let Some(record) = db.get_narinfo(hash.as_str()).await? else {
         return Err(Failure::new(

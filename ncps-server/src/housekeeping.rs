@@ -2,12 +2,12 @@
 //! batches, looking up NARs of unknown storage once, and eviction on its
 //! schedule; and warnings at start about writes open to anyone.
 
+use ncps_config::byte_size::format_size;
 use ncps_core::Cache;
 use ncps_core::cache::ACCESS_FLUSH_INTERVAL;
 use ncps_core::eviction::EvictionOptions;
 
 use crate::auth::Tokens;
-use crate::byte_size::format_size;
 use crate::lru_schedule::{self, Schedule};
 use crate::writes::WriteOptions;
 

@@ -94,7 +94,7 @@ impl Binary {
             value_flags: BTreeMap::new(),
             envs: BTreeSet::new(),
             subcommands: BTreeSet::new(),
-            keys: ncps_server::config_file::KEYS
+            keys: ncps_config::config_file::KEYS
                 .iter()
                 .map(|(k, _)| *k)
                 .collect(),
@@ -327,7 +327,7 @@ fn scan_text(bin: &Binary, file: &str, text: &str, problems: &mut Vec<String>) {
 /// Checks config-file keys with the binary's own reader: any key it would
 /// ignore as unknown is a problem.
 fn check_config_file(path: &Path, label: &str, problems: &mut Vec<String>) {
-    match ncps_server::config_file::read(path) {
+    match ncps_config::config_file::read(path) {
         Ok(config) => {
             for key in config.unknown_keys {
                 problems.push(format!(
