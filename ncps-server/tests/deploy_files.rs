@@ -25,8 +25,8 @@ const SERVER: &str = env!("CARGO_BIN_EXE_ncps-server");
 /// name is still there, so this list cannot go stale either.
 const OUTSIDE_CLAP: &[(&str, &str)] = &[
     ("SERVER_DRAIN_TIMEOUT", "ncps-server/src/server.rs"),
-    ("XDG_DATA_HOME", "ncps-server/src/app.rs"),
-    ("HOME", "ncps-server/src/app.rs"),
+    ("XDG_DATA_HOME", "ncps-config/src/machine.rs"),
+    ("HOME", "ncps-config/src/machine.rs"),
 ];
 
 /// The image every ncps container of the Compose and Kubernetes files runs.
