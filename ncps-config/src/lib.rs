@@ -5,10 +5,10 @@
 //! [`command_line`]: flag, then environment, then file, then default).
 //! [`Settings::from_options`] turns it into typed settings (storage, database,
 //! locks, upstreams with their keys, server, cache policy) and checks them
-//! without reading or contacting anything; [`load`] reads the files they name
-//! (secret key, netrc, bearer tokens) and [`open`] opens the backends
+//! without reading or contacting anything; [`load()`] reads the files they name
+//! (secret key, netrc, bearer tokens) and [`open()`] opens the backends
 //! (storage, locks, database). `ncps-server` builds its engine on what
-//! [`open`] returns, and `ncps-cli`'s admin commands open the same cache
+//! [`open()`] returns, and `ncps-cli`'s admin commands open the same cache
 //! the same way.
 //!
 //! ```

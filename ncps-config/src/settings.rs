@@ -1,7 +1,7 @@
 //! [`Settings`]: the options of `serve` turned into typed values and
 //! checked, the one place they are. Nothing is read or contacted here: the
 //! machine-dependent defaults come in a [`Machine`], files named are read by
-//! [`crate::load`], and backends are opened by [`crate::open`].
+//! [`crate::load()`], and backends are opened by [`crate::open()`].
 
 use std::path::PathBuf;
 

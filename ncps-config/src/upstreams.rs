@@ -2,7 +2,7 @@
 //! it), the keys of `--cache-upstream-public-key` bound to them, their
 //! timeouts and the netrc file; cache.nixos.org with its key when no URL is
 //! given. A URL's `bearer-token-file` is only named here: it is read with
-//! the other files, by [`crate::load`].
+//! the other files, by [`crate::load()`].
 
 use std::path::PathBuf;
 use std::time::Duration;

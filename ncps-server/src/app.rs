@@ -1,6 +1,6 @@
 //! Builds the cache engine, and the state the routes see, from the
-//! settings: the files they name ([`ncps_config::load`]) and the backends
-//! they open ([`ncps_config::open`]).
+//! settings: the files they name ([`ncps_config::load()`]) and the backends
+//! they open ([`ncps_config::open()`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

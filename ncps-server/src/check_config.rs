@@ -10,7 +10,7 @@
 //! `bearer-token-file`s; `--netrc-file`; `--cache-secret-key-path` (read and
 //! parsed); the lock options; `--cache-advertise-url`; `--cache-temp-path`;
 //! and OpenTelemetry (built in, URL): [`ncps_config::Settings`] and
-//! [`ncps_config::load`], as `serve` uses them. What it cannot know without
+//! [`ncps_config::load()`], as `serve` uses them. What it cannot know without
 //! connecting: whether the database, bucket, Redis and upstreams answer, and
 //! whether the credentials are right.
 
