@@ -12,6 +12,7 @@ use ncps_core::{NarInfo, PublicKey, SigningKey};
 
 mod admin;
 mod db;
+mod stats;
 mod storage;
 
 /// Admin commands for an ncps-rs cache.
