@@ -143,10 +143,10 @@ pub fn config(data: &[u8]) {
         return;
     };
     let ext = ["yaml", "toml", "json"][usize::from(format % 3)];
-    if let Ok(config) = ncps_server::config_file::parse(text, ext) {
+    if let Ok(config) = ncps_config::config_file::parse(text, ext) {
         for (env, _) in &config.values {
             assert!(
-                ncps_server::config_file::KEYS.iter().any(|(_, e)| e == env),
+                ncps_config::config_file::KEYS.iter().any(|(_, e)| e == env),
                 "{env} is not a known variable"
             );
         }

@@ -12,6 +12,7 @@ use ncps_core::{NarInfo, PublicKey, SigningKey};
 
 mod admin;
 mod db;
+mod stats;
 mod storage;
 
 /// Admin commands for an ncps-rs cache.
@@ -144,26 +145,16 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    // Like the server: config file values become defaults for the
-    // environment variables of the same options.
+    // Like the server: flags, then environment, then the config file.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(path) = ncps_server::config_file::path_from_args(&args) {
-        match ncps_server::config_file::read(path.as_ref()) {
-            Ok(config) => {
-                for (env, value) in config.values {
-                    if std::env::var_os(env).is_none() {
-                        // SAFETY: no other thread exists yet.
-                        unsafe { std::env::set_var(env, value) };
-                    }
-                }
-            }
-            Err(e) => {
-                eprintln!("ncps-cli: {e}");
-                return ExitCode::from(admin::exit::USAGE);
-            }
+    let cli = match ncps_config::CommandLine::<Cli>::parse(&args) {
+        Ok(line) => line.parsed,
+        Err(ncps_config::ParseError::ConfigFile(e)) => {
+            eprintln!("ncps-cli: {e}");
+            return ExitCode::from(admin::exit::USAGE);
         }
-    }
-    let cli = Cli::parse_from(args);
+        Err(ncps_config::ParseError::CommandLine(e)) => e.exit(),
+    };
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

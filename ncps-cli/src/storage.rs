@@ -47,7 +47,7 @@ pub enum StorageCommand {
         /// Only uploads started at least this long ago (`30m`, `24h`); keep
         /// it far longer than any upload takes, as a running server's
         /// uploads in progress look the same.
-        #[arg(long, default_value = "24h", value_parser = ncps_server::options::parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = ncps_config::options::parse_duration)]
         older_than: Duration,
         /// Only list what would be aborted.
         #[arg(long)]

@@ -67,10 +67,10 @@ impl Tokens {
     }
 
     /// The tokens of `--cache-get-token` and `--cache-put-token`.
-    pub fn from_options(options: &crate::options::ServeOptions) -> Tokens {
+    pub fn from_settings(server: &ncps_config::ServerSettings) -> Tokens {
         Tokens::new(
-            options.cache_get_token.as_ref().map(|s| s.expose()),
-            options.cache_put_token.as_ref().map(|s| s.expose()),
+            server.get_token.as_ref().map(|s| s.expose()),
+            server.put_token.as_ref().map(|s| s.expose()),
         )
     }
 

@@ -4,12 +4,12 @@
 //! once, and eviction on its schedule; and warnings at start about writes
 //! open to anyone.
 
+use ncps_config::byte_size::format_size;
 use ncps_core::eviction::EvictionOptions;
 use ncps_core::{BackgroundOptions, Cache};
 
 use crate::auth::Tokens;
-use crate::byte_size::format_size;
-use crate::lru_schedule::Schedule;
+use crate::lru_schedule::{self, Schedule};
 use crate::writes::WriteOptions;
 
 /// Starts the background tasks of `cache`.
@@ -27,7 +27,7 @@ pub fn start(
                 min_age = ?options.min_age,
                 "LRU eviction on"
             );
-            Some((schedule.into_next_run(), options))
+            Some((lru_schedule::next_run(schedule), options))
         }
         None => {
             tracing::info!("no --cache-max-size: the cache grows without limit");

@@ -6,9 +6,7 @@
 pub mod allocator;
 pub mod app;
 pub mod auth;
-pub mod byte_size;
 pub mod check_config;
-pub mod config_file;
 pub mod encoding;
 pub mod endpoints;
 pub mod fd_limit;

@@ -1,46 +1,53 @@
 //! The `ncps-server` binary.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
-use ncps_server::options::Cli;
-use ncps_server::{app, check_config, config_file, logging, server};
+use ncps_config::{CommandLine, Machine, ParseError, Settings};
+use ncps_server::options::{Cli, GlobalOptions};
+use ncps_server::{app, check_config, logging, server};
 
 fn main() -> ExitCode {
     ncps_server::allocator::limit_arenas();
     ncps_server::fd_limit::raise();
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let mut unknown_keys = Vec::new();
-    // The environment variables the config file set, for --check-config.
-    let mut from_file = std::collections::BTreeSet::new();
-    if let Some(path) = config_file::path_from_args(&args) {
-        match config_file::read(path.as_ref()) {
-            Ok(config) => {
-                for (env, value) in config.values {
-                    if std::env::var_os(env).is_none() {
-                        // SAFETY: no other thread exists yet; the runtime starts below.
-                        unsafe { std::env::set_var(env, value) };
-                        from_file.insert(env.to_owned());
-                    }
-                }
-                unknown_keys = config.unknown_keys;
-            }
-            Err(e) => {
-                eprintln!("ncps-server: {e}");
-                return ExitCode::from(2);
-            }
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let CommandLine {
+        parsed,
+        matches,
+        command,
+        from_file,
+        unknown_keys,
+    } = match CommandLine::<Cli>::parse(&args) {
+        Ok(line) => line,
+        Err(ParseError::ConfigFile(e)) => {
+            eprintln!("ncps-server: {e}");
+            return ExitCode::from(2);
         }
-    }
-    let (global, options) = Cli::parse_from(args.iter()).serve_options();
+        Err(ParseError::CommandLine(e)) => e.exit(),
+    };
+    let (global, options) = parsed.serve_options();
     if global.check_config {
         for key in &unknown_keys {
             eprintln!(
                 "ncps-server: warning: config key {key} is not supported by this server; ignored"
             );
         }
-        return check_config::run(&args, &global, &options, &from_file);
+        let values = ncps_config::sources::effective_values(&command, &matches, &from_file);
+        return check_config::run(&global, &options, values);
     }
-    // After the environment is set: it starts a thread.
+    let settings = match Settings::from_options(&options, &Machine::detect()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("ncps-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    serve(&global, &settings, &unknown_keys)
+}
+
+/// Starts the runtime, logging and the server, and serves until a signal.
+fn serve(global: &GlobalOptions, settings: &Settings, unknown_keys: &[String]) -> ExitCode {
+    // A thread: started after the command line is read.
     ncps_server::allocator::spawn_trim(ncps_server::allocator::TRIM_INTERVAL);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -53,7 +60,7 @@ fn main() -> ExitCode {
     // before the runtime, flushing traces.
     let _logging = {
         let _entered = runtime.enter();
-        match logging::init(&global) {
+        match logging::init(global) {
             Ok(guard) => guard,
             Err(e) => {
                 eprintln!("ncps-server: {e}");
@@ -64,15 +71,9 @@ fn main() -> ExitCode {
     for key in unknown_keys {
         tracing::warn!(%key, "config key not supported by this server; ignored");
     }
-    let addr = match server::parse_addr(&options.server_addr) {
-        Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("ncps-server: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let addr = settings.server.addr;
     runtime.block_on(async move {
-        let state = match app::build(&options).await {
+        let state = match app::build(settings).await {
             Ok(state) => state,
             Err(e) => {
                 eprintln!("ncps-server: {e}");

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use clap::{Arg, CommandFactory};
 
-use crate::config_file::KEYS;
 use crate::options::Cli;
+use ncps_config::config_file::KEYS;
 
 /// The config file key of the option read from `env`, if it has one.
 pub fn config_key(env: &str) -> Option<&'static str> {

@@ -24,16 +24,6 @@ use crate::limits::{self, Activity, Limits, Watched};
 use crate::request_log::handle;
 use crate::service::AppState;
 
-/// Parses `--server-addr`; `:PORT` means every interface, as in ncps.
-pub fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
-    let full = match addr.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => addr.to_owned(),
-    };
-    full.parse()
-        .map_err(|_| format!("--server-addr: {addr:?} is not HOST:PORT or :PORT"))
-}
-
 /// How long a shutdown lets open requests finish before cutting them.
 ///
 /// Below Kubernetes' default 30 s grace period (after which it sends SIGKILL),
@@ -368,19 +358,6 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_ncps_style_addresses() {
-        assert_eq!(
-            parse_addr(":8501").unwrap(),
-            "0.0.0.0:8501".parse().unwrap()
-        );
-        assert_eq!(
-            parse_addr("127.0.0.1:9").unwrap(),
-            "127.0.0.1:9".parse().unwrap()
-        );
-        assert!(parse_addr("localhost").is_err());
-    }
 
     /// A burst of connections deeper than tokio's default backlog (1024)
     /// all reach `accept`, none of them left half-open in the kernel.

@@ -152,7 +152,9 @@ fn serve_options(proxy: &Proxy) -> ncps_server::options::ServeOptions {
 /// with content verification, and an independent hash of every file.
 async fn consistent(proxy: &Proxy, by_file: &HashMap<String, &Fixture>, round: usize) -> usize {
     let options = serve_options(proxy);
-    let backends = ncps_server::app::open_backends(&options)
+    let settings = ncps_config::Settings::from_options(&options, &ncps_config::Machine::detect())
+        .unwrap_or_else(|e| panic!("round {round}: the settings: {e}"));
+    let backends = ncps_config::open(&settings)
         .await
         .unwrap_or_else(|e| panic!("round {round}: opening the backends: {e}"));
     let report = fsck(

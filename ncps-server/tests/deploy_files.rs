@@ -25,8 +25,8 @@ const SERVER: &str = env!("CARGO_BIN_EXE_ncps-server");
 /// name is still there, so this list cannot go stale either.
 const OUTSIDE_CLAP: &[(&str, &str)] = &[
     ("SERVER_DRAIN_TIMEOUT", "ncps-server/src/server.rs"),
-    ("XDG_DATA_HOME", "ncps-server/src/app.rs"),
-    ("HOME", "ncps-server/src/app.rs"),
+    ("XDG_DATA_HOME", "ncps-config/src/machine.rs"),
+    ("HOME", "ncps-config/src/machine.rs"),
 ];
 
 /// The image every ncps container of the Compose and Kubernetes files runs.
@@ -94,7 +94,7 @@ impl Binary {
             value_flags: BTreeMap::new(),
             envs: BTreeSet::new(),
             subcommands: BTreeSet::new(),
-            keys: ncps_server::config_file::KEYS
+            keys: ncps_config::config_file::KEYS
                 .iter()
                 .map(|(k, _)| *k)
                 .collect(),
@@ -327,7 +327,7 @@ fn scan_text(bin: &Binary, file: &str, text: &str, problems: &mut Vec<String>) {
 /// Checks config-file keys with the binary's own reader: any key it would
 /// ignore as unknown is a problem.
 fn check_config_file(path: &Path, label: &str, problems: &mut Vec<String>) {
-    match ncps_server::config_file::read(path) {
+    match ncps_config::config_file::read(path) {
         Ok(config) => {
             for key in config.unknown_keys {
                 problems.push(format!(

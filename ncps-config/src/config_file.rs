@@ -1,8 +1,7 @@
-//! The config file (`--config`, YAML, TOML or JSON with ncps's keys).
-//!
-//! Its values become defaults for the environment variables of the same
-//! options, so the precedence is: flag, then environment, then file, then
-//! built-in default.
+//! The config file (`--config`, YAML, TOML or JSON with ncps's keys): its
+//! keys, the environment variables of their options, and reading it into
+//! values by variable (which [`crate::command_line`] makes the defaults of
+//! those options).
 
 use std::ffi::OsString;
 use std::path::Path;
