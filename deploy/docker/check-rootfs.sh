@@ -20,8 +20,9 @@
 #   4. runs ENTRYPOINT + CMD in a chroot as USER, with ENV and WORKDIR, with
 #      NARs in S3 over TLS and an upstream found by host name:
 #        - a throwaway CA signs a certificate for s3.ncps.test; nginx
-#          terminates TLS for it in front of the S3 server
-#          (NCPS_TEST_S3_ENDPOINT, else .ci/s3.sh's moto); the CA is added
+#          terminates TLS for it in front of the S3 server at S3_ENDPOINT
+#          (plain HTTP, which must accept anonymous bucket creation and
+#          listing, as .ci/s3.sh's moto does); the CA is added
 #          to a copy of the rootfs's CA bundle, for this run only;
 #        - the upstream is a binary cache Nix wrote (nix copy --to file://)
 #          of a file added to a scratch store, served over HTTP and named
@@ -34,7 +35,8 @@
 #   5. prints the root file system's size, the number the image will have
 #      (uncompressed; and as a gzip layer), and fails above MAX_MB (30).
 #
-# Environment: WORK (default /tmp/ncps-rootfs), SKIP_BUILD=1, MAX_MB.
+# Environment: S3_ENDPOINT (required), WORK (default /tmp/ncps-rootfs),
+# SKIP_BUILD=1, MAX_MB.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -172,12 +174,8 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-if [ -z "${NCPS_TEST_S3_ENDPOINT:-}" ]; then
-    # shellcheck source=../../.ci/s3.sh
-    source "$repo/.ci/s3.sh"
-    pids+=("$(cat "$(ncps_s3_cache_dir)/moto-${NCPS_TEST_S3_PORT:-19000}.pid")")
-fi
-s3_plain=$NCPS_TEST_S3_ENDPOINT
+[ -n "${S3_ENDPOINT:-}" ] || fail "S3_ENDPOINT (a plain-HTTP S3 server, such as .ci/s3.sh's moto) is not set"
+s3_plain=$S3_ENDPOINT
 bucket=ncps-rootfs-$$-$RANDOM
 curl -fsS -X PUT "$s3_plain/$bucket" >/dev/null || fail "could not create bucket $bucket at $s3_plain"
 

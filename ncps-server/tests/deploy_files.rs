@@ -679,6 +679,39 @@ fn kubernetes(bin: &Binary, file: &str, text: &str, problems: &mut Vec<String>) 
                 };
                 env.push((n, value));
             }
+            // A file from a mounted Secret (the signing key): a real key
+            // file here, as --check-config reads it.
+            let secret_mounts: Vec<String> = c
+                .get("volumeMounts")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .filter(|m| {
+                    let name = m.get("name").and_then(Value::as_str);
+                    pod.get("volumes")
+                        .and_then(Value::as_sequence)
+                        .into_iter()
+                        .flatten()
+                        .any(|v| {
+                            v.get("name").and_then(Value::as_str) == name
+                                && v.get("secret").is_some()
+                        })
+                })
+                .filter_map(|m| {
+                    m.get("mountPath")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .collect();
+            for (n, v) in env.iter_mut() {
+                if n == "CACHE_SECRET_KEY_PATH"
+                    && secret_mounts.iter().any(|m| v.starts_with(m.as_str()))
+                {
+                    let key = std::env::temp_dir().join("ncps-deploy-files-signing-key");
+                    std::fs::write(&key, common::STATIC_SECRET_KEY).unwrap();
+                    *v = key.display().to_string();
+                }
+            }
             // Expand $(NAME) as Kubernetes does, then drop the helpers.
             let snapshot = env.clone();
             for (_, v) in env.iter_mut() {
@@ -1264,7 +1297,10 @@ async fn the_image_healthcheck_asks_healthz_of_the_real_server() {
         .map(|(_, v)| v.trim_start_matches(':').to_owned())
         .expect("the image sets SERVER_ADDR");
     let [program, url] = image.healthcheck.as_slice() else {
-        panic!("HEALTHCHECK CMD [program, url] expected: {:?}", image.healthcheck);
+        panic!(
+            "HEALTHCHECK CMD [program, url] expected: {:?}",
+            image.healthcheck
+        );
     };
     assert_eq!(program, "/usr/local/bin/ncps-healthcheck");
     let probed = format!("http://127.0.0.1:{port_in_image}/healthz");
@@ -1275,18 +1311,23 @@ async fn the_image_healthcheck_asks_healthz_of_the_real_server() {
 
     // Built with the Dockerfile's rustc flags.
     let dockerfile = read(&deploy().join("docker/Dockerfile"));
-    let flags: Vec<&str> = dockerfile
+    let rustc_lines = dockerfile
         .lines()
         .skip_while(|l| !l.contains("&& rustc "))
         .take(2)
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    let flags: Vec<&str> = rustc_lines
         .split_whitespace()
+        .filter(|w| *w != "\\")
         .skip_while(|w| *w != "rustc")
         .skip(1)
         .take_while(|w| !w.ends_with(".rs"))
         .collect();
-    assert!(flags.contains(&"opt-level=s"), "rustc flags from the Dockerfile: {flags:?}");
+    assert!(
+        flags.contains(&"opt-level=s"),
+        "rustc flags from the Dockerfile: {flags:?}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let probe = dir.path().join("ncps-healthcheck");
     let status = Command::new("rustc")
@@ -1296,7 +1337,10 @@ async fn the_image_healthcheck_asks_healthz_of_the_real_server() {
         .arg(&probe)
         .status()
         .expect("running rustc");
-    assert!(status.success(), "rustc deploy/docker/healthcheck.rs failed");
+    assert!(
+        status.success(),
+        "rustc deploy/docker/healthcheck.rs failed"
+    );
 
     let upstream = format!("http://127.0.0.1:{}", common::free_port());
     let mut proxy = common::Proxy::start(common::ProxyConfig::new(
@@ -1319,7 +1363,10 @@ async fn the_image_healthcheck_asks_healthz_of_the_real_server() {
     );
     // A non-2xx answer fails it too.
     let out = run(&live.replace("/healthz", "/no-such-route"));
-    assert!(!out.status.success(), "HEALTHCHECK passed on a 404: {out:?}");
+    assert!(
+        !out.status.success(),
+        "HEALTHCHECK passed on a 404: {out:?}"
+    );
     let (status, _) = proxy.terminate().await;
     assert!(status.success(), "{status}");
     let out = run(&live);

@@ -114,7 +114,10 @@ fn secrets_come_only_from_secrets() {
                 "Secret" => problems.push(format!("{label}: renders a Secret")),
                 "ConfigMap" => {
                     let text = serde_yaml::to_string(doc).unwrap();
-                    for v in SECRET_VARIABLES.iter().chain(&["CACHE_SECRET_KEY_PATH", "secret"]) {
+                    for v in SECRET_VARIABLES
+                        .iter()
+                        .chain(&["CACHE_SECRET_KEY_PATH", "secret"])
+                    {
                         if text.contains(v) {
                             problems.push(format!("{label}: ConfigMap holds {v}"));
                         }
@@ -191,7 +194,11 @@ fn secrets_in_plain_env_are_refused() {
         }
     }
     // A database URL without a password is no secret.
-    render(&["--set", "env.CACHE_DATABASE_URL=postgresql:///ncps?host=/run/postgresql"]).unwrap();
+    render(&[
+        "--set",
+        "env.CACHE_DATABASE_URL=postgresql:///ncps?host=/run/postgresql",
+    ])
+    .unwrap();
     // ha without the shared backends is refused too.
     let e = render(&["--set", "mode=ha"]).unwrap_err();
     assert!(e.contains("mode ha needs CACHE_DATABASE_URL"), "{e}");
@@ -202,12 +209,10 @@ fn each_example_renders_the_parts_it_turns_on() {
     if !common::require_tool("each_example_renders_the_parts_it_turns_on", "helm") {
         return;
     }
-    let kinds = |docs: &[Value]| -> BTreeSet<String> {
-        docs.iter().map(|d| kind(d).to_owned()).collect()
-    };
-    let set = |names: &[&str]| -> BTreeSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
-    };
+    let kinds =
+        |docs: &[Value]| -> BTreeSet<String> { docs.iter().map(|d| kind(d).to_owned()).collect() };
+    let set =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
     let r = renders();
     assert_eq!(
         kinds(&r[0].1),
@@ -215,7 +220,14 @@ fn each_example_renders_the_parts_it_turns_on() {
     );
     assert_eq!(
         kinds(&r[1].1),
-        set(&["CronJob", "Deployment", "Job", "PodDisruptionBudget", "Service", "ServiceMonitor"])
+        set(&[
+            "CronJob",
+            "Deployment",
+            "Job",
+            "PodDisruptionBudget",
+            "Service",
+            "ServiceMonitor"
+        ])
     );
     assert_eq!(
         kinds(&r[2].1),
@@ -250,9 +262,24 @@ fn each_example_renders_the_parts_it_turns_on() {
     for (label, docs) in &r {
         for (k, c) in containers(docs) {
             let sc = &c["securityContext"];
-            assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true), "{label}: {k} {}", name(&c));
-            assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{label}: {k} {}", name(&c));
-            assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false), "{label}: {k} {}", name(&c));
+            assert_eq!(
+                sc["runAsNonRoot"].as_bool(),
+                Some(true),
+                "{label}: {k} {}",
+                name(&c)
+            );
+            assert_eq!(
+                sc["readOnlyRootFilesystem"].as_bool(),
+                Some(true),
+                "{label}: {k} {}",
+                name(&c)
+            );
+            assert_eq!(
+                sc["allowPrivilegeEscalation"].as_bool(),
+                Some(false),
+                "{label}: {k} {}",
+                name(&c)
+            );
         }
     }
     let full: BTreeSet<String> = containers(&r[2].1)
@@ -278,7 +305,11 @@ fn the_rendered_migrate_and_fsck_commands_run() {
     if !common::require_tool("the_rendered_migrate_and_fsck_commands_run", "helm") {
         return;
     }
-    let docs = render(&["--set", "fsck.enabled=true,fsck.repair=true,fsck.verifyContent=true"]).unwrap();
+    let docs = render(&[
+        "--set",
+        "fsck.enabled=true,fsck.repair=true,fsck.verifyContent=true",
+    ])
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().display().to_string();
     let cli = common::cli_binary();
@@ -299,7 +330,9 @@ fn the_rendered_migrate_and_fsck_commands_run() {
         cmd.args(&argv[1..]).env_clear();
         for item in c["env"].as_sequence().into_iter().flatten() {
             let n = item["name"].as_str().unwrap();
-            let v = item["value"].as_str().expect("single mode: plain values only");
+            let v = item["value"]
+                .as_str()
+                .expect("single mode: plain values only");
             cmd.env(n, v.replace("/var/lib/ncps", &data));
         }
         let out = cmd.output().unwrap();
