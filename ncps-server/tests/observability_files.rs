@@ -4,7 +4,7 @@
 //!
 //! The real binary is started against an in-process upstream and driven
 //! through misses, hits, an upstream error, concurrent requests for one NAR
-//! (lock waits) and its probes; then /metrics is scraped. Every `ncps_*`
+//! and for one narinfo (lock waits) and its probes; then /metrics is scraped. Every `ncps_*`
 //! name the files use must be a sample name of that scrape or of a family it
 //! declares (`# TYPE`; a family whose labels were never seen has no
 //! samples), and every label a selector or a test series puts on it must be
@@ -24,7 +24,9 @@ use ncps_core::SigningKey;
 use ncps_core::testkit::upstream::{Gate, TestUpstream, fixture};
 
 fn deploy(rel: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(rel);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -130,8 +132,9 @@ const TARGET_LABELS: &[&str] = &["job", "instance"];
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_and_dashboard_name_only_metrics_the_server_exposes() {
     // Traffic: misses and hits of narinfos and NARs, an upstream 500, two
-    // clients at once for one NAR held back by the upstream (one waits for
-    // the other's download lock), the probes.
+    // clients at once for one NAR and for one narinfo held back by the
+    // upstream (the second narinfo request waits for the first's lock), the
+    // probes.
     let upstream = TestUpstream::start().await;
     let key = SigningKey::generate("observability-up-1");
     let big = fixture("observability-big", 400_000, &key);
@@ -146,6 +149,19 @@ async fn rules_and_dashboard_name_only_metrics_the_server_exposes() {
         http::StatusCode::INTERNAL_SERVER_ERROR,
         "boom",
     );
+    // A narinfo the upstream holds back: two clients asking for it at once
+    // wait on one narinfo lock.
+    let slow = fixture("observability-slow", 1_000, &key);
+    slow.publish(&upstream, &slow.nar);
+    let slow_narinfo_path = format!("/{}.narinfo", slow.hash());
+    let slow_narinfo = reqwest::get(format!("{}{slow_narinfo_path}", upstream.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let narinfo_gate = Gate::new(10);
+    upstream.put_gated(&slow_narinfo_path, slow_narinfo, &narinfo_gate);
     let proxy = Proxy::start(ProxyConfig::new(
         upstream.url.clone(),
         &[&key.public_key().to_string()],
@@ -155,7 +171,16 @@ async fn rules_and_dashboard_name_only_metrics_the_server_exposes() {
     let get = |path: String| {
         let client = client.clone();
         let url = format!("{}{path}", proxy.url());
-        async move { client.get(&url).send().await.unwrap().bytes().await.unwrap() }
+        async move {
+            client
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
     };
     for f in [&small, &big] {
         get(format!("/{}.narinfo", f.hash())).await;
@@ -172,6 +197,12 @@ async fn rules_and_dashboard_name_only_metrics_the_server_exposes() {
     gate.open();
     assert_eq!(first.await.unwrap(), big.nar);
     assert_eq!(second.await.unwrap(), big.nar);
+    let first = tokio::spawn(get(slow_narinfo_path.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second = tokio::spawn(get(slow_narinfo_path.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    narinfo_gate.open();
+    assert_eq!(first.await.unwrap(), second.await.unwrap());
     for path in ["/healthz", "/readyz", "/nix-cache-info", "/pubkey", "/nope"] {
         get(path.to_owned()).await;
     }
@@ -193,8 +224,14 @@ async fn rules_and_dashboard_name_only_metrics_the_server_exposes() {
     );
     for (file, text) in [
         ("prometheus/ncps-alerts.yaml", rules.clone()),
-        ("prometheus/ncps-alerts.test.yaml", deploy("prometheus/ncps-alerts.test.yaml")),
-        ("grafana/ncps-dashboard.json", deploy("grafana/ncps-dashboard.json")),
+        (
+            "prometheus/ncps-alerts.test.yaml",
+            deploy("prometheus/ncps-alerts.test.yaml"),
+        ),
+        (
+            "grafana/ncps-dashboard.json",
+            deploy("grafana/ncps-dashboard.json"),
+        ),
     ] {
         let (names, recorded) = references(&text);
         assert!(names.len() >= 8, "{file}: only {names:?}");
@@ -216,7 +253,9 @@ async fn rules_and_dashboard_name_only_metrics_the_server_exposes() {
         for r in recorded {
             // `ncps:x:y` and its `{labels}` are the rule file's own.
             if !defined.contains(&r) {
-                problems.push(format!("{file}: {r} is no recording rule of ncps-alerts.yaml"));
+                problems.push(format!(
+                    "{file}: {r} is no recording rule of ncps-alerts.yaml"
+                ));
             }
         }
     }
