@@ -16,7 +16,7 @@ NCPS_DEPLOY_TOOLS_VERSION=1 # bump to reinstall after changing a pin
 
 ncps_deploy_tools() {
     local cache="${NCPS_CI_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ncps-ci}/deploy-tools-$NCPS_DEPLOY_TOOLS_VERSION"
-    local bin="$cache/bin"
+    local bin="$cache/bin" t
     if [ ! -x "$bin/promtool" ]; then
         rm -rf "$cache"
         mkdir -p "$bin"
@@ -63,8 +63,7 @@ PY
         # promtool from Debian's prometheus package, unpacked, not installed.
         local deb
         deb=$(mktemp -d)
-        chmod 0755 "$deb" # apt-get download runs as _apt
-        (cd "$deb" && apt-get download prometheus >/dev/null) || { echo "deploy-tools: apt-get download prometheus failed" >&2; rm -rf "$deb"; return 1; }
+        (cd "$deb" && apt-get download -o APT::Sandbox::User=root prometheus >/dev/null) || { echo "deploy-tools: apt-get download prometheus failed" >&2; rm -rf "$deb"; return 1; }
         dpkg-deb -x "$deb"/prometheus_*.deb "$deb/x"
         install -m 0755 "$deb/x/usr/bin/promtool" "$bin/promtool"
         rm -rf "$deb"
@@ -74,13 +73,13 @@ PY
 
 ncps_deploy_tools_versions() {
     helm version --short
-    kubectl version --client 2>/dev/null | head -n1
+    kubectl version --client 2>/dev/null | sed -n 1p
     kubernetes-validate --version
     hadolint --version
     yamllint --version
     check-jsonschema --version
     docker-compose version --short
-    promtool --version 2>&1 | head -n1
+    promtool --version 2>&1 | sed -n 1p
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
