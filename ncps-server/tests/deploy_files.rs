@@ -627,7 +627,8 @@ fn kubernetes(bin: &Binary, file: &str, text: &str, problems: &mut Vec<String>) 
             .unwrap_or_default();
         for c in containers {
             let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-            if !image.starts_with(IMAGE) {
+            // `ncps-rs:tag` or `registry/path/ncps-rs:tag`.
+            if !image.rsplit('/').next().unwrap_or("").starts_with(IMAGE) {
                 continue;
             }
             let label = format!(
@@ -678,6 +679,39 @@ fn kubernetes(bin: &Binary, file: &str, text: &str, problems: &mut Vec<String>) 
                 };
                 env.push((n, value));
             }
+            // A file from a mounted Secret (the signing key): a real key
+            // file here, as --check-config reads it.
+            let secret_mounts: Vec<String> = c
+                .get("volumeMounts")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .filter(|m| {
+                    let name = m.get("name").and_then(Value::as_str);
+                    pod.get("volumes")
+                        .and_then(Value::as_sequence)
+                        .into_iter()
+                        .flatten()
+                        .any(|v| {
+                            v.get("name").and_then(Value::as_str) == name
+                                && v.get("secret").is_some()
+                        })
+                })
+                .filter_map(|m| {
+                    m.get("mountPath")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .collect();
+            for (n, v) in env.iter_mut() {
+                if n == "CACHE_SECRET_KEY_PATH"
+                    && secret_mounts.iter().any(|m| v.starts_with(m.as_str()))
+                {
+                    let key = std::env::temp_dir().join("ncps-deploy-files-signing-key");
+                    std::fs::write(&key, common::STATIC_SECRET_KEY).unwrap();
+                    *v = key.display().to_string();
+                }
+            }
             // Expand $(NAME) as Kubernetes does, then drop the helpers.
             let snapshot = env.clone();
             for (_, v) in env.iter_mut() {
@@ -726,15 +760,24 @@ fn kubernetes(bin: &Binary, file: &str, text: &str, problems: &mut Vec<String>) 
                 problems.push(format!("{label}: livenessProbe must GET /healthz"));
             }
             // The grace period covers preStop and the drain.
-            let pre_stop = c
-                .get("lifecycle")
-                .and_then(|l| l.get("preStop"))
-                .and_then(|p| p.get("exec"))
-                .and_then(|e| e.get("command"))
-                .and_then(Value::as_sequence)
-                .and_then(|cmd| match cmd.as_slice() {
-                    [s, n] if s.as_str() == Some("sleep") => yaml_string(n)?.parse::<u64>().ok(),
-                    _ => None,
+            // The kubelet's own `sleep` action (the image has no sleep
+            // program), or an exec of `sleep N`.
+            let pre_stop_hook = c.get("lifecycle").and_then(|l| l.get("preStop"));
+            let pre_stop = pre_stop_hook
+                .and_then(|p| p.get("sleep"))
+                .and_then(|s| s.get("seconds"))
+                .and_then(Value::as_u64)
+                .or_else(|| {
+                    pre_stop_hook
+                        .and_then(|p| p.get("exec"))
+                        .and_then(|e| e.get("command"))
+                        .and_then(Value::as_sequence)
+                        .and_then(|cmd| match cmd.as_slice() {
+                            [s, n] if s.as_str() == Some("sleep") => {
+                                yaml_string(n)?.parse::<u64>().ok()
+                            }
+                            _ => None,
+                        })
                 })
                 .unwrap_or(0);
             let grace = pod
@@ -1090,7 +1133,7 @@ fn every_option_the_deploy_files_pass_is_one_the_binary_has() {
 
     // Helm: the option names in the values files, and the rendered chart.
     let chart = deploy().join("helm/ncps");
-    for values in ["values.yaml", "values-ha.yaml"] {
+    for values in ["values.yaml", "values-ha.yaml", "values-full.yaml"] {
         let path = chart.join(values);
         let doc: Value = serde_yaml::from_str(&read(&path)).unwrap();
         for map in ["env", "secretEnv"] {
@@ -1111,7 +1154,7 @@ fn every_option_the_deploy_files_pass_is_one_the_binary_has() {
         }
     }
     if common::tool_installed("helm") {
-        for values in [None, Some("values-ha.yaml")] {
+        for values in [None, Some("values-ha.yaml"), Some("values-full.yaml")] {
             let chart_dir = chart.display().to_string();
             let mut args = vec!["template", "ncps", chart_dir.as_str()];
             let values_path;
@@ -1239,8 +1282,9 @@ fn the_checks_name_the_file_and_the_unknown_option() {
     );
 }
 
-/// The image's HEALTHCHECK command (bash's /dev/tcp: the image ships no
-/// HTTP client) succeeds against a live server and fails once it is gone.
+/// The image's HEALTHCHECK command (deploy/docker/healthcheck.rs, built as
+/// the Dockerfile builds it: the image has no shell and no HTTP client)
+/// succeeds against a live server and fails once it is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_healthcheck_asks_healthz_of_the_real_server() {
     let mut problems = Vec::new();
@@ -1252,13 +1296,51 @@ async fn the_image_healthcheck_asks_healthz_of_the_real_server() {
         .find(|(k, _)| k == "SERVER_ADDR")
         .map(|(_, v)| v.trim_start_matches(':').to_owned())
         .expect("the image sets SERVER_ADDR");
-    let script = image.healthcheck.last().cloned().unwrap_or_default();
-    let probed = format!("/dev/tcp/127.0.0.1/{port_in_image}");
-    assert!(
-        script.contains(&probed),
-        "the HEALTHCHECK must probe the port of the image's SERVER_ADDR ({probed}): {script}"
+    let [program, url] = image.healthcheck.as_slice() else {
+        panic!(
+            "HEALTHCHECK CMD [program, url] expected: {:?}",
+            image.healthcheck
+        );
+    };
+    assert_eq!(program, "/usr/local/bin/ncps-healthcheck");
+    let probed = format!("http://127.0.0.1:{port_in_image}/healthz");
+    assert_eq!(
+        url, &probed,
+        "the HEALTHCHECK must ask /healthz on the port of the image's SERVER_ADDR"
     );
-    assert!(script.contains("/healthz"), "{script}");
+
+    // Built with the Dockerfile's rustc flags.
+    let dockerfile = read(&deploy().join("docker/Dockerfile"));
+    let rustc_lines = dockerfile
+        .lines()
+        .skip_while(|l| !l.contains("&& rustc "))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let flags: Vec<&str> = rustc_lines
+        .split_whitespace()
+        .filter(|w| *w != "\\")
+        .skip_while(|w| *w != "rustc")
+        .skip(1)
+        .take_while(|w| !w.ends_with(".rs"))
+        .collect();
+    assert!(
+        flags.contains(&"opt-level=s"),
+        "rustc flags from the Dockerfile: {flags:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("ncps-healthcheck");
+    let status = Command::new("rustc")
+        .args(&flags)
+        .arg(deploy().join("docker/healthcheck.rs"))
+        .arg("-o")
+        .arg(&probe)
+        .status()
+        .expect("running rustc");
+    assert!(
+        status.success(),
+        "rustc deploy/docker/healthcheck.rs failed"
+    );
 
     let upstream = format!("http://127.0.0.1:{}", common::free_port());
     let mut proxy = common::Proxy::start(common::ProxyConfig::new(
@@ -1266,25 +1348,28 @@ async fn the_image_healthcheck_asks_healthz_of_the_real_server() {
         &[common::STATIC_PUBLIC_KEY],
     ))
     .await;
-    let probe = |script: &str| {
-        let (program, args) = image.healthcheck.split_first().unwrap();
-        let mut args = args.to_vec();
-        *args.last_mut().unwrap() = script.to_owned();
-        Command::new(program)
-            .args(&args)
+    let run = |url: &str| {
+        Command::new(&probe)
+            .arg(url)
             .stdin(Stdio::null())
             .output()
             .unwrap()
     };
-    let live = script.replace(&probed, &format!("/dev/tcp/127.0.0.1/{}", proxy.port()));
-    let out = probe(&live);
+    let live = probed.replace(&port_in_image, &proxy.port().to_string());
+    let out = run(&live);
     assert!(
         out.status.success(),
         "HEALTHCHECK failed against a live server: {out:?}"
     );
+    // A non-2xx answer fails it too.
+    let out = run(&live.replace("/healthz", "/no-such-route"));
+    assert!(
+        !out.status.success(),
+        "HEALTHCHECK passed on a 404: {out:?}"
+    );
     let (status, _) = proxy.terminate().await;
     assert!(status.success(), "{status}");
-    let out = probe(&live);
+    let out = run(&live);
     assert!(
         !out.status.success(),
         "HEALTHCHECK passed with the server stopped: {out:?}"
