@@ -4,19 +4,21 @@
 //! once, and eviction on its schedule; and warnings at start about writes
 //! open to anyone.
 
+use std::sync::Arc;
+
+use ncps_config::WritePolicy;
 use ncps_config::byte_size::format_size;
+use ncps_config::schedule::Schedule;
 use ncps_core::eviction::EvictionOptions;
 use ncps_core::{BackgroundOptions, Cache};
 
 use crate::auth::Tokens;
-use crate::lru_schedule::{self, Schedule};
-use crate::writes::WriteOptions;
 
 /// Starts the background tasks of `cache`.
 pub fn start(
     cache: &Cache,
     eviction: Option<(Schedule, EvictionOptions)>,
-    writes: &WriteOptions,
+    writes: &WritePolicy,
     tokens: &Tokens,
 ) {
     let eviction = match eviction {
@@ -27,7 +29,9 @@ pub fn start(
                 min_age = ?options.min_age,
                 "LRU eviction on"
             );
-            Some((lru_schedule::next_run(schedule), options))
+            // The engine's eviction task asks the schedule for its next run.
+            let next_run: ncps_core::cache::NextRun = Arc::new(move || schedule.until_next());
+            Some((next_run, options))
         }
         None => {
             tracing::info!("no --cache-max-size: the cache grows without limit");

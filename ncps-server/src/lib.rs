@@ -13,7 +13,6 @@ pub mod fd_limit;
 pub mod housekeeping;
 pub mod limits;
 pub mod logging;
-pub mod lru_schedule;
 pub mod metrics;
 pub mod options;
 pub mod range;
@@ -23,6 +22,5 @@ pub mod response;
 pub mod routing;
 pub mod server;
 pub mod service;
-pub mod writes;
 #[cfg(target_os = "linux")]
 mod zero_copy;

@@ -26,7 +26,7 @@ pub struct AppState {
     /// The tokens reads and writes need.
     pub tokens: Arc<crate::auth::Tokens>,
     /// What uploads, deletes and pins may do.
-    pub writes: Arc<crate::writes::WriteOptions>,
+    pub writes: Arc<ncps_config::WritePolicy>,
 }
 
 /// Answers `request`, which asks for `route` (see [`crate::routing::route`]).
